@@ -1,0 +1,3 @@
+"""fmjax.closed_form (in progress)."""
+
+__all__: list[str] = []

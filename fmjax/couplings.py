@@ -1,0 +1,3 @@
+"""fmjax.couplings (in progress)."""
+
+__all__: list[str] = []

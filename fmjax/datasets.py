@@ -1,0 +1,3 @@
+"""fmjax.datasets (in progress)."""
+
+__all__: list[str] = []

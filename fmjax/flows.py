@@ -1,0 +1,3 @@
+"""fmjax.flows (in progress)."""
+
+__all__: list[str] = []

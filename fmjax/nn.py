@@ -1,0 +1,3 @@
+"""fmjax.nn (in progress)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""fmjax.ot (in progress)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""fmjax.train (in progress)."""
+
+__all__: list[str] = []
