@@ -1,3 +1,264 @@
-"""fmjax.datasets (in progress)."""
+"""2-D benchmark distributions of the flow-matching literature and the 8 x 8 digits.
 
-__all__: list[str] = []
+Every sampler is a pure JAX function ``sampler(key, n, dtype=jnp.float32) -> (n, 2)``
+(jit-able with ``n`` static) drawing ``n`` i.i.d. points. The definitions follow the
+torchcfm code used for the 2-D benchmarks of Tong et al. (TMLR 2024; AISTATS 2024):
+
+- :func:`eight_gaussians`: ``torchcfm.utils.sample_8gaussians`` (scale 5, covariance
+  ``sqrt(0.1) I``). Two other "8 Gaussians" exist around torchcfm (the runner's torchdyn
+  ``gaussians``: radius 5, std 1; the DSB-style ``two_dim.py``: scale 4, std 0.5, times 3);
+  the W2 floor 0.227 (10k vs 10k) in REFERENCES.md is for this one.
+- :func:`moons`: ``torchcfm.utils.sample_moons`` = torchdyn ``generate_moons(n, noise=0.2)``
+  ``* 3 - 1``. Note torchdyn's noise is ``U[0, noise)`` added to *both* coordinates (one
+  draw per point), not sklearn's Gaussian noise; torchdyn also spaces the arc angles evenly
+  (a stratified sample), here the angle is drawn uniformly (the same distribution, i.i.d.).
+- :func:`scurve`: the runner's ``SKLearnDataModule("scurve")``: sklearn
+  ``make_s_curve(noise=0.05)`` coordinates ``[0, 2]``, times 1.5.
+- :func:`circles`: the runner's ``SKLearnDataModule("circles")``: sklearn
+  ``make_circles(factor=0.5, noise=0.05)`` times 3.5.
+- :func:`checkerboard`: FFJORD's ``checkerboard`` (Grathwohl et al., ICLR 2019,
+  ``lib/toy_data.py``): ``x1 ~ U[-2, 2)``, ``x2 ~ U[0, 1) - 2 b + (floor(x1) mod 2)``,
+  ``b ~ Bernoulli(1/2)``, times ``scale`` (2 there; the runner's ``two_dim.py`` uses 7.5).
+- :func:`spirals`: torchdyn ``generate_spirals``: ``r = sqrt(U) * 780 deg`` in radians,
+  ``(-cos r * r, sin r * r) + noise * U[0, 1)^2``, and its mirror image with probability 1/2.
+- :func:`standard_normal` ``(d)``: the source ``N(0, I_d)`` of the benchmarks.
+
+:func:`digits` loads scikit-learn's bundled 8 x 8 digits (1,797 x 64, no download).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
+           "standard_normal", "digits", "split", "get", "TASKS", "SAMPLERS"]
+
+Sampler = Callable[..., jax.Array]
+
+
+def _check(n: Any, dtype: Any) -> tuple[int, Any]:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"`n` must be a positive Python int (static under jit), got {n!r}")
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
+    return int(n), dtype
+
+
+def _const(v, dtype):
+    return jnp.asarray(np.asarray(v, dtype=np.float64), dtype=dtype)
+
+
+def eight_gaussians(key: jax.Array, n: int, dtype: Any = jnp.float32, *, scale: float = 5.0,
+                    var: float = 0.1) -> jax.Array:
+    """Mixture of 8 Gaussians on a circle (torchcfm ``sample_8gaussians``).
+
+    ``X = scale * c_K + sqrt(sqrt(var)) * Z``, ``K`` uniform on the 8 centres
+    ``c in {(+-1, 0), (0, +-1), (+-1/sqrt 2, +-1/sqrt 2)}``, ``Z ~ N(0, I_2)``: torchcfm builds
+    ``MultivariateNormal(0, sqrt(var) * I)`` with ``var = 0.1``, i.e. covariance
+    ``sqrt(0.1) I`` and per-coordinate std ``0.1**0.25 ~= 0.562``.
+
+    >>> eight_gaussians(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    s = 1 / np.sqrt(2)
+    centers = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)])
+    k_c, k_z = jax.random.split(key)
+    idx = jax.random.randint(k_c, (n,), 0, 8)
+    z = jax.random.normal(k_z, (n, 2), dtype)
+    return _const(scale * centers, dtype)[idx] + _const(var ** 0.25, dtype) * z
+
+
+def moons(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.2) -> jax.Array:
+    """Two moons (torchcfm ``sample_moons``: torchdyn ``generate_moons(noise=0.2) * 3 - 1``).
+
+    With probability 1/2 the upper arc ``(cos a, sin a)``, else the lower arc
+    ``(1 - cos a, 1/2 - sin a)``, ``a ~ U[0, pi]``; plus ``u (1, 1)``, ``u ~ U[0, noise)``;
+    then ``3 X - 1``.
+
+    >>> moons(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    k_b, k_a, k_u = jax.random.split(key, 3)
+    lower = jax.random.bernoulli(k_b, 0.5, (n,))
+    a = jax.random.uniform(k_a, (n,), dtype, 0.0, np.pi)
+    c, s = jnp.cos(a), jnp.sin(a)
+    one = jnp.ones((), dtype)
+    x = jnp.where(lower, one - c, c)
+    y = jnp.where(lower, _const(0.5, dtype) - s, s)
+    u = jax.random.uniform(k_u, (n,), dtype) * _const(noise, dtype)
+    pts = jnp.stack([x + u, y + u], axis=1)
+    return _const(3.0, dtype) * pts - one
+
+
+def scurve(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.05,
+           scale: float = 1.5) -> jax.Array:
+    """S-curve (the torchcfm runner's sklearn ``make_s_curve(noise=0.05)[:, [0, 2]] * 1.5``).
+
+    ``t = 3 pi (U - 1/2)``, ``X = (sin t, sign(t) (cos t - 1)) + noise * Z``, times ``scale``
+    (sklearn's middle coordinate ``2 U'`` is dropped).
+
+    >>> scurve(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    k_t, k_z = jax.random.split(key)
+    t = _const(3 * np.pi, dtype) * (jax.random.uniform(k_t, (n,), dtype) - _const(0.5, dtype))
+    pts = jnp.stack([jnp.sin(t), jnp.sign(t) * (jnp.cos(t) - jnp.ones((), dtype))], axis=1)
+    pts = pts + _const(noise, dtype) * jax.random.normal(k_z, (n, 2), dtype)
+    return _const(scale, dtype) * pts
+
+
+def circles(key: jax.Array, n: int, dtype: Any = jnp.float32, *, factor: float = 0.5,
+            noise: float = 0.05, scale: float = 3.5) -> jax.Array:
+    """Two concentric circles (the runner's sklearn ``make_circles(factor=.5, noise=.05) * 3.5``).
+
+    Radius 1 or ``factor`` with probability 1/2 each, angle ``U[0, 2 pi)``, plus
+    ``noise * Z``; times ``scale``.
+
+    >>> circles(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    k_b, k_a, k_z = jax.random.split(key, 3)
+    inner = jax.random.bernoulli(k_b, 0.5, (n,))
+    r = jnp.where(inner, _const(factor, dtype), jnp.ones((), dtype))
+    a = jax.random.uniform(k_a, (n,), dtype, 0.0, 2 * np.pi)
+    pts = (r[:, None] * jnp.stack([jnp.cos(a), jnp.sin(a)], axis=1)
+           + _const(noise, dtype) * jax.random.normal(k_z, (n, 2), dtype))
+    return _const(scale, dtype) * pts
+
+
+def checkerboard(key: jax.Array, n: int, dtype: Any = jnp.float32, *,
+                 scale: float = 2.0) -> jax.Array:
+    """Checkerboard of 8 unit squares in ``[-2, 2]^2`` (FFJORD), times ``scale``.
+
+    >>> checkerboard(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    k1, k2, k3 = jax.random.split(key, 3)
+    x1 = jax.random.uniform(k1, (n,), dtype, -2.0, 2.0)
+    b = jax.random.bernoulli(k3, 0.5, (n,)).astype(dtype)
+    x2 = (jax.random.uniform(k2, (n,), dtype) - _const(2.0, dtype) * b
+          + jnp.mod(jnp.floor(x1), _const(2.0, dtype)))
+    return _const(scale, dtype) * jnp.stack([x1, x2], axis=1)
+
+
+def spirals(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.5) -> jax.Array:
+    """Two interleaved spirals (torchdyn ``generate_spirals``; radius up to ``13.6``).
+
+    ``r = sqrt(U) * 780 * 2 pi / 360`` (radians), ``X = s * ((-cos(r) r, sin(r) r) + noise * U')``
+    with ``s = +-1`` equiprobable (torchdyn stacks the arm and its mirror image) and
+    ``U' ~ U[0, 1)^2``. torchdyn's default noise is ``1e-4``; the default here, 0.5, gives
+    arms of visible width.
+
+    >>> spirals(jax.random.key(0), 5).shape
+    (5, 2)
+    """
+    n, dtype = _check(n, dtype)
+    k_r, k_s, k_u = jax.random.split(key, 3)
+    r = jnp.sqrt(jax.random.uniform(k_r, (n,), dtype)) * _const(780 * 2 * np.pi / 360, dtype)
+    sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (n,)), -jnp.ones((), dtype),
+                     jnp.ones((), dtype))
+    u = _const(noise, dtype) * jax.random.uniform(k_u, (n, 2), dtype)
+    pts = jnp.stack([-jnp.cos(r) * r, jnp.sin(r) * r], axis=1)
+    return sign[:, None] * (pts + u)
+
+
+def standard_normal(d: int = 2) -> Sampler:
+    """Sampler of ``N(0, I_d)``: ``standard_normal(d)(key, n, dtype) -> (n, d)``.
+
+    >>> standard_normal(3)(jax.random.key(0), 4).shape
+    (4, 3)
+    """
+    if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
+        raise ValueError(f"`d` must be a positive int, got {d!r}")
+
+    def sample(key: jax.Array, n: int, dtype: Any = jnp.float32) -> jax.Array:
+        n, dtype = _check(n, dtype)
+        return jax.random.normal(key, (n, int(d)), dtype)
+
+    sample.__name__ = f"standard_normal_{d}"
+    return sample
+
+
+def digits(dtype: Any = jnp.float32) -> jax.Array:
+    """scikit-learn's bundled 8 x 8 digits (UCI optdigits test set), ``(1797, 64)``.
+
+    Pixel values ``0..16`` are mapped affinely to ``[-1, 1]``: ``x / 8 - 1``. Loaded from
+    the copy shipped inside scikit-learn (no download).
+
+    >>> digits().shape
+    (1797, 64)
+    """
+    from sklearn.datasets import load_digits
+
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
+    data = load_digits().data.astype(np.float64)
+    return jnp.asarray(data / 8.0 - 1.0, dtype=dtype)
+
+
+def split(data: Any, test_fraction: float = 0.2, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Deterministic train/test split of the rows of ``data`` (a NumPy permutation seeded
+    by ``seed``; the same on every machine).
+
+    >>> tr, te = split(digits())
+    >>> tr.shape, te.shape
+    ((1438, 64), (359, 64))
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
+    data = jnp.asarray(data)
+    n = data.shape[0]
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"`test_fraction`={test_fraction} leaves an empty split of {n} rows")
+    perm = np.random.RandomState(seed).permutation(n)
+    return data[np.sort(perm[n_test:])], data[np.sort(perm[:n_test])]
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "8gaussians": eight_gaussians,
+    "eight_gaussians": eight_gaussians,
+    "moons": moons,
+    "scurve": scurve,
+    "circles": circles,
+    "checkerboard": checkerboard,
+    "spirals": spirals,
+    "N": standard_normal(2),
+    "normal": standard_normal(2),
+}
+
+#: The four 2-D benchmark tasks of Tong et al. (source sampler, target sampler).
+TASKS: dict[str, tuple[Sampler, Sampler]] = {
+    "N->8gaussians": (SAMPLERS["N"], eight_gaussians),
+    "8gaussians->moons": (eight_gaussians, moons),
+    "N->moons": (SAMPLERS["N"], moons),
+    "N->scurve": (SAMPLERS["N"], scurve),
+}
+
+
+def get(name: str) -> Sampler | tuple[Sampler, Sampler]:
+    """A sampler by name (``"8gaussians"``, ``"moons"``, ...) or a task pair by name
+    (``"N->moons"``: ``(source, target)``).
+
+    >>> src, tgt = get("N->moons")
+    >>> tgt(jax.random.key(0), 3).shape
+    (3, 2)
+    """
+    if name in TASKS:
+        return TASKS[name]
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    raise ValueError(f"unknown dataset {name!r}; samplers: {sorted(SAMPLERS)}, "
+                     f"tasks: {sorted(TASKS)}")
