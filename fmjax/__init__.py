@@ -5,7 +5,7 @@ Every public name is re-exported here: ``import fmjax as fm`` then ``fm.gaussian
 ``x`` of shape ``(d,)`` and a scalar ``t``; use ``jax.vmap`` for batches.
 """
 
-from . import closed_form, couplings, datasets, flows, nn, ot, paths, train
+from . import closed_form, couplings, datasets, flows, nn, ot, paths, train  # noqa: F401
 from .closed_form import *  # noqa: F403
 from .couplings import *  # noqa: F403
 from .flows import *  # noqa: F403
