@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-strict lint venv clean bench
+.PHONY: demo test test-strict lint venv clean bench docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) lint
 # Same suite with jax_debug_nans=True as well.
 test-strict: $(STAMP)
 	$(PY) -m pytest -q -n 2 --debug-nans tests
+
+# API reference (Sphinx autodoc of the docstrings) into docs/_build/html.
+docs: $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) benchmarks/closed_form.py

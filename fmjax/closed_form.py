@@ -24,7 +24,6 @@ Notation. ``cross_cov`` is :math:`C = \mathrm{Cov}(X_1, X_0)`, the block the see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -33,6 +32,18 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from . import _checks
+from ._typing import (
+    LogDensity,
+    MatrixLike,
+    MatrixStackLike,
+    Scalar,
+    ScalarLike,
+    StackLike,
+    Vector,
+    VectorLike,
+    VelocityField,
+    WeightsLike,
+)
 from .paths import AffinePath, Linear, Trigonometric
 
 __all__ = [
@@ -219,7 +230,9 @@ def _gaussian(t, x, mean0, cov0, mean1, cov1, cross_cov, path):
 # ----------------------------------------------------------------------------------------
 # Gaussian coupling (Exercise 4)
 # ----------------------------------------------------------------------------------------
-def gaussian_velocity(t, x, *, mean0, cov0, mean1, cov1, cross_cov=None, path=_LINEAR):
+def gaussian_velocity(t: ScalarLike, x: VectorLike, *, mean0: VectorLike, cov0: MatrixLike,
+                      mean1: VectorLike, cov1: MatrixLike, cross_cov: MatrixLike | None = None,
+                      path: AffinePath = _LINEAR) -> Vector:
     r"""Flow-matching velocity of a jointly Gaussian coupling (seed, Exercise 4).
 
     With :math:`X_t = a X_0 + b X_1`, :math:`m_t = a m_0 + b m_1`,
@@ -263,7 +276,10 @@ def gaussian_velocity(t, x, *, mean0, cov0, mean1, cov1, cross_cov=None, path=_L
     return _gaussian(t, x, mean0, cov0, mean1, cov1, cross_cov, path)[1]
 
 
-def gaussian_log_density(t, x, *, mean0, cov0, mean1, cov1, cross_cov=None, path=_LINEAR):
+def gaussian_log_density(t: ScalarLike, x: VectorLike, *, mean0: VectorLike, cov0: MatrixLike,
+                         mean1: VectorLike, cov1: MatrixLike,
+                         cross_cov: MatrixLike | None = None,
+                         path: AffinePath = _LINEAR) -> Scalar:
     r"""Log-density :math:`\log p_t(x) = \log\mathcal{N}(x; m_t, \Sigma_t)` of :math:`X_t`.
 
     Same arguments and notation as :func:`gaussian_velocity`; returns a scalar.
@@ -292,7 +308,10 @@ def _mixture_parts(t, x, weights, means0, covs0, means1, covs1, cross_covs, path
     return _require(ok, _PD_MSG.format("a mixture component"), (logp, v))
 
 
-def mixture_velocity(t, x, *, weights, means0, covs0, means1, covs1, cross_covs=None, path=_LINEAR):
+def mixture_velocity(t: ScalarLike, x: VectorLike, *, weights: WeightsLike, means0: StackLike,
+                     covs0: MatrixStackLike, means1: StackLike, covs1: MatrixStackLike,
+                     cross_covs: MatrixStackLike | None = None,
+                     path: AffinePath = _LINEAR) -> Vector:
     r"""Velocity of a Gaussian-mixture coupling (seed, Exercise 5).
 
     :math:`(X_0, X_1) \sim \sum_k \pi_k \mathcal{N}(m^k, \Sigma^k)`. With :math:`v^k_t` the
@@ -328,8 +347,10 @@ def mixture_velocity(t, x, *, weights, means0, covs0, means1, covs1, cross_covs=
     return _mixture_parts(t, x, weights, means0, covs0, means1, covs1, cross_covs, path)[1]
 
 
-def mixture_log_density(t, x, *, weights, means0, covs0, means1, covs1, cross_covs=None,
-                        path=_LINEAR):
+def mixture_log_density(t: ScalarLike, x: VectorLike, *, weights: WeightsLike,
+                        means0: StackLike, covs0: MatrixStackLike, means1: StackLike,
+                        covs1: MatrixStackLike, cross_covs: MatrixStackLike | None = None,
+                        path: AffinePath = _LINEAR) -> Scalar:
     r"""Log-density of :math:`X_t` for the mixture coupling:
     :math:`\log\sum_k \pi_k\mathcal{N}(x; m^k_t, \Sigma^k_t)` (log-sum-exp).
 
@@ -362,7 +383,8 @@ def _dirac_parts(t, x, atoms, weights, path):
                     "(a = 0) X_t is discrete and v_t has no limit; use t < 1", (logp, v))
 
 
-def dirac_velocity(t, x, *, atoms, weights=None, path=_LINEAR):
+def dirac_velocity(t: ScalarLike, x: VectorLike, *, atoms: StackLike,
+                   weights: WeightsLike | None = None, path: AffinePath = _LINEAR) -> Vector:
     r"""Velocity from :math:`X_0 \sim \mathcal{N}(0, I)` to atoms, independent coupling.
 
     :math:`X_1 = y_k` with probability :math:`w_k` (default uniform, the seed's "K equal
@@ -399,7 +421,8 @@ def dirac_velocity(t, x, *, atoms, weights=None, path=_LINEAR):
     return _dirac_parts(t, x, atoms, weights, path)[1]
 
 
-def dirac_log_density(t, x, *, atoms, weights=None, path=_LINEAR):
+def dirac_log_density(t: ScalarLike, x: VectorLike, *, atoms: StackLike,
+                      weights: WeightsLike | None = None, path: AffinePath = _LINEAR) -> Scalar:
     r"""Log-density of :math:`X_t = a X_0 + b X_1` for :func:`dirac_velocity`'s coupling:
     :math:`\log\sum_k w_k\,\mathcal{N}(x; b y_k, a^2 I)`. Requires :math:`a(t) > 0`.
 
@@ -420,7 +443,8 @@ def _callable(v, name="v"):
         raise ValueError(f"`{name}` must be a velocity callable v(t, x), got {type(v).__name__}")
 
 
-def affine_velocity(v: Callable, A, b, *, path=_LINEAR) -> Callable:
+def affine_velocity(v: VelocityField, A: MatrixLike, b: VectorLike, *,
+                    path: AffinePath = _LINEAR) -> VelocityField:
     r"""Exercise 1(a): the velocity of the coupling :math:`(A X_0 + b, A X_1 + b)`.
 
     Then :math:`X'_t = A X_t + (a(t) + b(t))\,b`, so
@@ -474,7 +498,8 @@ def affine_velocity(v: Callable, A, b, *, path=_LINEAR) -> Callable:
     return v_ab
 
 
-def shift_target_velocity(v: Callable, b, path=_LINEAR) -> Callable:
+def shift_target_velocity(v: VelocityField, b: VectorLike,
+                          path: AffinePath = _LINEAR) -> VelocityField:
     r"""Exercise 1(b): the velocity of the coupling :math:`(X_0, X_1 + b)`.
 
     :math:`X'_t = X_t + b(t)\,b`, hence
@@ -545,7 +570,8 @@ def _snr_match(path, t, c):
     return r, s
 
 
-def scale_target_velocity(v: Callable, c, path=_LINEAR) -> Callable:
+def scale_target_velocity(v: VelocityField, c: ScalarLike,
+                          path: AffinePath = _LINEAR) -> VelocityField:
     r"""Exercise 1(c): the velocity of the coupling :math:`(X_0, c X_1)`, :math:`c > 0`.
 
     :math:`X'_t = a(t) X_0 + c\,b(t) X_1 = s\,X_r` with :math:`b(r)/a(r) = c\,b(t)/a(t)`
@@ -592,7 +618,8 @@ def scale_target_velocity(v: Callable, c, path=_LINEAR) -> Callable:
 # ----------------------------------------------------------------------------------------
 # continuity equation
 # ----------------------------------------------------------------------------------------
-def continuity_residual(log_density: Callable, velocity: Callable, t, x):
+def continuity_residual(log_density: LogDensity, velocity: VelocityField, t: ScalarLike,
+                        x: VectorLike) -> Scalar:
     r"""Residual of the continuity equation (seed, "Continuity Equation"), divided by p_t.
 
     .. math::

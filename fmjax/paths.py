@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
+from ._typing import Points, PointsLike, RatiosLike, Scalar, ScalarLike, Times
 
 __all__ = ["AffinePath", "Linear", "Trigonometric", "affine_path"]
 
@@ -38,7 +39,8 @@ class AffinePath:
         Array([0.25, 0.25], dtype=float32)
     """
 
-    def __init__(self, a: Callable, b: Callable, name: str | None = None):
+    def __init__(self, a: Callable[[Scalar], Scalar], b: Callable[[Scalar], Scalar],
+                 name: str | None = None):
         if not (callable(a) and callable(b)):
             raise ValueError("`a` and `b` must be callables t -> scalar")
         self._a, self._b = a, b
@@ -58,12 +60,12 @@ class AffinePath:
         return f"{type(self).__name__}(name={self.name!r})"
 
     # --- coefficients -------------------------------------------------------------------
-    def coefficients(self, t):
+    def coefficients(self, t: ScalarLike) -> tuple[Scalar, Scalar]:
         """``(a(t), b(t))`` as arrays with the dtype of ``t``."""
         t = jnp.asarray(t)
         return jnp.asarray(self._a(t), t.dtype), jnp.asarray(self._b(t), t.dtype)
 
-    def derivatives(self, t):
+    def derivatives(self, t: ScalarLike) -> tuple[Scalar, Scalar]:
         """``(a'(t), b'(t))``, by forward-mode autodiff in the general case."""
         t = jnp.asarray(t)
         one = jnp.ones_like(t)
@@ -81,20 +83,20 @@ class AffinePath:
         t = _checks.as_time(t, "t", dtype=x0.dtype)
         return t, x0, x1
 
-    def interpolate(self, t, x0, x1):
+    def interpolate(self, t: ScalarLike, x0: PointsLike, x1: PointsLike) -> Points:
         r""":math:`X_t = a(t) x_0 + b(t) x_1` for one pair (any matching shapes, scalar ``t``)."""
         t, x0, x1 = self._prepare(t, x0, x1)
         a, b = self.coefficients(t)
         return a * x0 + b * x1
 
-    def target_velocity(self, t, x0, x1):
+    def target_velocity(self, t: ScalarLike, x0: PointsLike, x1: PointsLike) -> Points:
         r""":math:`\mathrm{d}X_t/\mathrm{d}t = a'(t) x_0 + b'(t) x_1`, the flow-matching target."""
         t, x0, x1 = self._prepare(t, x0, x1)
         da, db = self.derivatives(t)
         return da * x0 + db * x1
 
     # Exercise 1(c) needs the inverse of the signal-to-noise ratio b/a.
-    def snr_inverse(self, ratio):
+    def snr_inverse(self, ratio: RatiosLike) -> Times:
         r"""The time ``r`` with :math:`b(r)/a(r) =` ``ratio`` (``ratio >= 0``).
 
         Closed form for the linear and trigonometric paths; bisection (60 halvings, so
@@ -116,8 +118,19 @@ class AffinePath:
 jax.tree_util.register_static(AffinePath)
 
 
-def affine_path(a: Callable, b: Callable, name: str | None = None) -> AffinePath:
-    """Build a general affine path from coefficient functions ``a(t)``, ``b(t)``."""
+def affine_path(a: Callable[[Scalar], Scalar], b: Callable[[Scalar], Scalar],
+                name: str | None = None) -> AffinePath:
+    r"""Build a general affine path :math:`X_t = a(t) X_0 + b(t) X_1` from ``a`` and ``b``.
+
+    Same as ``AffinePath(a, b, name)``; derivatives :math:`a'`, :math:`b'` come from
+    ``jax.jvp``.
+
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> path = fm.affine_path(lambda t: 1 - t, lambda t: t)  # the linear path again
+        >>> [float(u) for u in path.derivatives(jnp.float32(0.3))]  # (a', b')
+        [-1.0, 1.0]
+    """
     return AffinePath(a, b, name)
 
 
@@ -138,17 +151,17 @@ class Linear(AffinePath):
         Array([1., 1.], dtype=float32)
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(_lin_a, _lin_b, name="linear")
 
     def _key(self):  # all instances are equal
         return (Linear,)
 
-    def derivatives(self, t):
+    def derivatives(self, t: ScalarLike) -> tuple[Scalar, Scalar]:
         t = jnp.asarray(t)
         return -jnp.ones_like(t), jnp.ones_like(t)
 
-    def snr_inverse(self, ratio):
+    def snr_inverse(self, ratio: RatiosLike) -> Times:
         ratio = jnp.asarray(ratio)
         return ratio / (1 + ratio)
 
@@ -173,18 +186,18 @@ class Trigonometric(AffinePath):
         Array(1., dtype=float32)
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(_trig_a, _trig_b, name="trigonometric")
 
     def _key(self):  # all instances are equal
         return (Trigonometric,)
 
-    def derivatives(self, t):
+    def derivatives(self, t: ScalarLike) -> tuple[Scalar, Scalar]:
         t = jnp.asarray(t)
         h = 0.5 * math.pi
         return -h * jnp.sin(h * t), h * jnp.cos(h * t)
 
-    def snr_inverse(self, ratio):
+    def snr_inverse(self, ratio: RatiosLike) -> Times:
         ratio = jnp.asarray(ratio)
         return jnp.arctan(ratio) / (0.5 * math.pi)
 
