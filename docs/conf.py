@@ -63,3 +63,8 @@ exclude_patterns = ["_build", "results/**"]
 html_theme = "furo"
 html_title = f"fmjax {release}"
 nitpicky = False
+
+# Render jaxtyping aliases by name in signatures (otherwise TypeAliasForwardRef("Float[...]")).
+import sphinx.util.inspect as _si  # noqa: E402
+
+_si.TypeAliasForwardRef.__repr__ = lambda self: self.name

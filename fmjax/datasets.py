@@ -28,17 +28,16 @@ torchcfm code used for the 2-D benchmarks of Tong et al. (TMLR 2024; AISTATS 202
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._typing import Batch, BatchLike, Key, Sampler
+
 __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
            "standard_normal", "digits", "split", "get", "TASKS", "SAMPLERS"]
-
-Sampler = Callable[..., jax.Array]
 
 
 def _check(n: Any, dtype: Any) -> tuple[int, Any]:
@@ -54,8 +53,8 @@ def _const(v, dtype):
     return jnp.asarray(np.asarray(v, dtype=np.float64), dtype=dtype)
 
 
-def eight_gaussians(key: jax.Array, n: int, dtype: Any = jnp.float32, *, scale: float = 5.0,
-                    var: float = 0.1) -> jax.Array:
+def eight_gaussians(key: Key, n: int, dtype: Any = jnp.float32, *, scale: float = 5.0,
+                    var: float = 0.1) -> Batch:
     """Mixture of 8 Gaussians on a circle (torchcfm ``sample_8gaussians``).
 
     ``X = scale * c_K + sqrt(sqrt(var)) * Z``, ``K`` uniform on the 8 centres
@@ -63,8 +62,11 @@ def eight_gaussians(key: jax.Array, n: int, dtype: Any = jnp.float32, *, scale: 
     ``MultivariateNormal(0, sqrt(var) * I)`` with ``var = 0.1``, i.e. covariance
     ``sqrt(0.1) I`` and per-coordinate std ``0.1**0.25 ~= 0.562``.
 
-    >>> eight_gaussians(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> x = fm.datasets.eight_gaussians(jax.random.key(0), 4)
+        >>> x.shape, x.dtype
+        ((4, 2), dtype('float32'))
     """
     n, dtype = _check(n, dtype)
     s = 1 / np.sqrt(2)
@@ -75,15 +77,17 @@ def eight_gaussians(key: jax.Array, n: int, dtype: Any = jnp.float32, *, scale: 
     return _const(scale * centers, dtype)[idx] + _const(var ** 0.25, dtype) * z
 
 
-def moons(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.2) -> jax.Array:
+def moons(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.2) -> Batch:
     """Two moons (torchcfm ``sample_moons``: torchdyn ``generate_moons(noise=0.2) * 3 - 1``).
 
     With probability 1/2 the upper arc ``(cos a, sin a)``, else the lower arc
     ``(1 - cos a, 1/2 - sin a)``, ``a ~ U[0, pi]``; plus ``u (1, 1)``, ``u ~ U[0, noise)``;
     then ``3 X - 1``.
 
-    >>> moons(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.moons(jax.random.key(0), 4).shape
+        (4, 2)
     """
     n, dtype = _check(n, dtype)
     k_b, k_a, k_u = jax.random.split(key, 3)
@@ -98,15 +102,17 @@ def moons(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.
     return _const(3.0, dtype) * pts - one
 
 
-def scurve(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.05,
-           scale: float = 1.5) -> jax.Array:
+def scurve(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.05,
+           scale: float = 1.5) -> Batch:
     """S-curve (the torchcfm runner's sklearn ``make_s_curve(noise=0.05)[:, [0, 2]] * 1.5``).
 
     ``t = 3 pi (U - 1/2)``, ``X = (sin t, sign(t) (cos t - 1)) + noise * Z``, times ``scale``
     (sklearn's middle coordinate ``2 U'`` is dropped).
 
-    >>> scurve(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.scurve(jax.random.key(0), 4).shape
+        (4, 2)
     """
     n, dtype = _check(n, dtype)
     k_t, k_z = jax.random.split(key)
@@ -116,15 +122,17 @@ def scurve(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0
     return _const(scale, dtype) * pts
 
 
-def circles(key: jax.Array, n: int, dtype: Any = jnp.float32, *, factor: float = 0.5,
-            noise: float = 0.05, scale: float = 3.5) -> jax.Array:
+def circles(key: Key, n: int, dtype: Any = jnp.float32, *, factor: float = 0.5,
+            noise: float = 0.05, scale: float = 3.5) -> Batch:
     """Two concentric circles (the runner's sklearn ``make_circles(factor=.5, noise=.05) * 3.5``).
 
     Radius 1 or ``factor`` with probability 1/2 each, angle ``U[0, 2 pi)``, plus
     ``noise * Z``; times ``scale``.
 
-    >>> circles(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.circles(jax.random.key(0), 4).shape
+        (4, 2)
     """
     n, dtype = _check(n, dtype)
     k_b, k_a, k_z = jax.random.split(key, 3)
@@ -136,12 +144,14 @@ def circles(key: jax.Array, n: int, dtype: Any = jnp.float32, *, factor: float =
     return _const(scale, dtype) * pts
 
 
-def checkerboard(key: jax.Array, n: int, dtype: Any = jnp.float32, *,
-                 scale: float = 2.0) -> jax.Array:
+def checkerboard(key: Key, n: int, dtype: Any = jnp.float32, *,
+                 scale: float = 2.0) -> Batch:
     """Checkerboard of 8 unit squares in ``[-2, 2]^2`` (FFJORD), times ``scale``.
 
-    >>> checkerboard(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.checkerboard(jax.random.key(0), 4).shape
+        (4, 2)
     """
     n, dtype = _check(n, dtype)
     k1, k2, k3 = jax.random.split(key, 3)
@@ -152,7 +162,7 @@ def checkerboard(key: jax.Array, n: int, dtype: Any = jnp.float32, *,
     return _const(scale, dtype) * jnp.stack([x1, x2], axis=1)
 
 
-def spirals(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 0.5) -> jax.Array:
+def spirals(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.5) -> Batch:
     """Two interleaved spirals (torchdyn ``generate_spirals``; radius up to ``13.6``).
 
     ``r = sqrt(U) * 780 * 2 pi / 360`` (radians), ``X = s * ((-cos(r) r, sin(r) r) + noise * U')``
@@ -160,8 +170,10 @@ def spirals(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 
     ``U' ~ U[0, 1)^2``. torchdyn's default noise is ``1e-4``; the default here, 0.5, gives
     arms of visible width.
 
-    >>> spirals(jax.random.key(0), 5).shape
-    (5, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.spirals(jax.random.key(0), 4).shape
+        (4, 2)
     """
     n, dtype = _check(n, dtype)
     k_r, k_s, k_u = jax.random.split(key, 3)
@@ -176,13 +188,15 @@ def spirals(key: jax.Array, n: int, dtype: Any = jnp.float32, *, noise: float = 
 def standard_normal(d: int = 2) -> Sampler:
     """Sampler of ``N(0, I_d)``: ``standard_normal(d)(key, n, dtype) -> (n, d)``.
 
-    >>> standard_normal(3)(jax.random.key(0), 4).shape
-    (4, 3)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> fm.datasets.standard_normal(3)(jax.random.key(0), 4).shape
+        (4, 3)
     """
     if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
         raise ValueError(f"`d` must be a positive int, got {d!r}")
 
-    def sample(key: jax.Array, n: int, dtype: Any = jnp.float32) -> jax.Array:
+    def sample(key: Key, n: int, dtype: Any = jnp.float32) -> Batch:
         n, dtype = _check(n, dtype)
         return jax.random.normal(key, (n, int(d)), dtype)
 
@@ -190,14 +204,16 @@ def standard_normal(d: int = 2) -> Sampler:
     return sample
 
 
-def digits(dtype: Any = jnp.float32) -> jax.Array:
+def digits(dtype: Any = jnp.float32) -> Batch:
     """scikit-learn's bundled 8 x 8 digits (UCI optdigits test set), ``(1797, 64)``.
 
     Pixel values ``0..16`` are mapped affinely to ``[-1, 1]``: ``x / 8 - 1``. Loaded from
     the copy shipped inside scikit-learn (no download).
 
-    >>> digits().shape
-    (1797, 64)
+    Example:
+        >>> import fmjax as fm
+        >>> fm.datasets.digits().shape  # pixels 0..16 mapped to [-1, 1]
+        (1797, 64)
     """
     from sklearn.datasets import load_digits
 
@@ -208,17 +224,21 @@ def digits(dtype: Any = jnp.float32) -> jax.Array:
     return jnp.asarray(data / 8.0 - 1.0, dtype=dtype)
 
 
-def split(data: Any, test_fraction: float = 0.2, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+def split(data: BatchLike, test_fraction: float = 0.2, seed: int = 0) -> tuple[Batch, Batch]:
     """Deterministic train/test split of the rows of ``data`` (a NumPy permutation seeded
     by ``seed``; the same on every machine).
 
-    >>> tr, te = split(digits())
-    >>> tr.shape, te.shape
-    ((1438, 64), (359, 64))
+    Example:
+        >>> import fmjax as fm
+        >>> train, test = fm.datasets.split(fm.datasets.digits())
+        >>> train.shape, test.shape
+        ((1438, 64), (359, 64))
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     data = jnp.asarray(data)
+    if data.ndim < 1 or data.shape[0] < 2:
+        raise ValueError(f"`data` must have at least 2 rows to split, got shape {data.shape}")
     n = data.shape[0]
     n_test = int(round(n * test_fraction))
     if n_test < 1 or n_test >= n:
@@ -252,13 +272,15 @@ def get(name: str) -> Sampler | tuple[Sampler, Sampler]:
     """A sampler by name (``"8gaussians"``, ``"moons"``, ...) or a task pair by name
     (``"N->moons"``: ``(source, target)``).
 
-    >>> src, tgt = get("N->moons")
-    >>> tgt(jax.random.key(0), 3).shape
-    (3, 2)
+    Example:
+        >>> import jax, fmjax as fm
+        >>> source, target = fm.datasets.get("N->moons")
+        >>> source(jax.random.key(0), 4).shape, target(jax.random.key(1), 4).shape
+        ((4, 2), (4, 2))
     """
     if name in TASKS:
         return TASKS[name]
     if name in SAMPLERS:
         return SAMPLERS[name]
-    raise ValueError(f"unknown dataset {name!r}; samplers: {sorted(SAMPLERS)}, "
+    raise ValueError(f"unknown dataset `name`={name!r}; samplers: {sorted(SAMPLERS)}, "
                      f"tasks: {sorted(TASKS)}")

@@ -23,8 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float
+
+from ._typing import Batch, BatchLike, ScalarLike, ValuesLike, Vector, VectorLike, VelocityField
 
 __all__ = ["VelocityMLP", "velocity_field", "num_params", "time_features", "ACTIVATIONS"]
+
+# Times of any shape ``(...)`` and their ``F`` time features ``(..., F)`` (annotations only;
+# ordinary expressions so that linters do not parse the shape strings).
+_TimesLike = Float[ArrayLike, "*t"]
+_TimeFeatures = Float[Array, "*t F"]
 
 #: Activations selectable by name in :class:`VelocityMLP`.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -52,7 +60,8 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def time_features(t: jax.Array, embedding: str = "concat", num_frequencies: int = 4) -> jax.Array:
+def time_features(t: _TimesLike, embedding: str = "concat",
+                  num_frequencies: int = 4) -> _TimeFeatures:
     """Time features appended to ``x`` at the network input.
 
     ``"concat"``: ``[t]`` (one feature, torchcfm). ``"fourier"``: ``[t, sin(w_k t), cos(w_k t)]``
@@ -68,17 +77,28 @@ def time_features(t: jax.Array, embedding: str = "concat", num_frequencies: int 
     Returns:
         Array of shape ``(..., F)`` with ``F = 1`` or ``1 + 2 * num_frequencies``.
 
-    >>> time_features(jnp.array(0.5), "fourier", 2).shape
-    (5,)
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> phi = fm.nn.time_features(jnp.array(1 / 6), "fourier", 2)  # t, sin, sin, cos, cos
+        >>> [round(float(f), 4) for f in phi]
+        [0.1667, 0.5, 0.866, 0.866, 0.5]
+        >>> fm.nn.time_features(jnp.zeros(3)).shape
+        (3, 1)
     """
     t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        raise ValueError(f"`t` must have a floating-point dtype, got dtype {t.dtype}")
     if embedding == "concat":
         return t[..., None]
     if embedding == "fourier":
+        if (isinstance(num_frequencies, bool) or not isinstance(num_frequencies, int | np.integer)
+                or num_frequencies < 1):
+            raise ValueError(f"`num_frequencies` must be an integer >= 1, got {num_frequencies!r}")
         w = jnp.asarray(np.pi * 2.0 ** np.arange(num_frequencies), dtype=t.dtype)
         wt = t[..., None] * w.reshape((1,) * t.ndim + w.shape)
         return jnp.concatenate([t[..., None], jnp.sin(wt), jnp.cos(wt)], axis=-1)
-    raise ValueError(f"`time_embedding` must be one of {_EMBEDDINGS}, got {embedding!r}")
+    raise ValueError(f"`embedding` (a model's `time_embedding`) must be one of {_EMBEDDINGS}, "
+                     f"got {embedding!r}")
 
 
 def _num_time_features(embedding: str, num_frequencies: int) -> int:
@@ -116,9 +136,14 @@ class VelocityMLP(nnx.Module):
     cast to ``x.dtype``, so the output dtype is that of ``x``. No range or finiteness check
     is done on ``t`` (the net is evaluated in the training hot loop).
 
-    >>> model = VelocityMLP(2, rngs=nnx.Rngs(0))
-    >>> model(0.5, jnp.zeros(2)).shape, num_params(model)
-    ((2,), 8706)
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> from flax import nnx
+        >>> model = fm.nn.VelocityMLP(2, rngs=nnx.Rngs(0))
+        >>> model(0.5, jnp.zeros(2)).shape, model(0.5, jnp.zeros((4, 2))).shape
+        ((2,), (4, 2))
+        >>> fm.nn.num_params(model)  # (2 + 1) * 64 + 64 + 2 * (64**2 + 64) + 64 * 2 + 2
+        8706
     """
 
     def __init__(self, dim: int, *, width: int = 64, depth: int = 3,
@@ -162,7 +187,7 @@ class VelocityMLP(nnx.Module):
         f = ACTIVATIONS[self.activation] if isinstance(self.activation, str) else self.activation
         return f(h)
 
-    def __call__(self, t: Any, x: Any) -> jax.Array:
+    def __call__(self, t: ScalarLike | ValuesLike, x: VectorLike | BatchLike) -> Vector | Batch:
         if not hasattr(x, "dtype"):
             x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -200,18 +225,25 @@ class VelocityMLP(nnx.Module):
         return affine(self.out, h)
 
 
-def velocity_field(graphdef: Any, state: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def velocity_field(graphdef: nnx.GraphDef, state: nnx.State) -> VelocityField:
     """Per-point velocity ``v(t, x)`` from the functional split of a model.
 
     ``graphdef, state = nnx.split(model)``; ``velocity_field(graphdef, state)(t, x)`` equals
     ``model(t, x)``. Merging happens at trace time, so this is free inside ``jax.jit``; pass
     ``state`` (a pytree) through ``jit``/``scan`` and rebuild the callable inside.
 
-    >>> model = VelocityMLP(2, rngs=nnx.Rngs(0))
-    >>> v = velocity_field(*nnx.split(model))
-    >>> bool(jnp.allclose(v(0.3, jnp.ones(2)), model(0.3, jnp.ones(2))))
-    True
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> from flax import nnx
+        >>> model = fm.nn.VelocityMLP(2, rngs=nnx.Rngs(0))
+        >>> v = fm.nn.velocity_field(*nnx.split(model))
+        >>> bool(jnp.array_equal(v(0.3, jnp.ones(2)), model(0.3, jnp.ones(2))))
+        True
     """
+
+    if not isinstance(graphdef, nnx.GraphDef):
+        raise ValueError(f"`graphdef` must be the GraphDef of `nnx.split(model)`, got "
+                         f"{type(graphdef).__name__}")
 
     def v(t, x):
         return nnx.merge(graphdef, state)(t, x)
@@ -219,11 +251,16 @@ def velocity_field(graphdef: Any, state: Any) -> Callable[[jax.Array, jax.Array]
     return v
 
 
-def num_params(model: Any) -> int:
+def num_params(model: nnx.Module) -> int:
     """Number of scalar parameters (``nnx.Param`` leaves) of a model.
 
-    >>> num_params(VelocityMLP(2, rngs=nnx.Rngs(0)))
-    8706
+    Example:
+        >>> import fmjax as fm
+        >>> from flax import nnx
+        >>> fm.nn.num_params(fm.nn.VelocityMLP(2, rngs=nnx.Rngs(0)))  # torchcfm's 3 x 64 MLP
+        8706
     """
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}")
     state = nnx.state(model, nnx.Param)
     return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(state)))
