@@ -1,0 +1,376 @@
+"""Shared harness for the experiments: configs, command line, outputs, progress.
+
+Convention (the Flax-examples shape): every experiment module defines
+
+* a frozen dataclass ``Config`` whose defaults are the *full* configuration and whose
+  classmethod ``quick()`` returns the ``--quick`` preset;
+* ``run(config, workdir) -> dict``: all the work, importable from a notebook or a test;
+  it writes ``results.json``, ``results.md`` and PNG figures into ``workdir``;
+* ``main(argv=None)``: ``return _common.main(Config, run, "NAME", argv)``.
+
+Command line: ``python -m experiments.NAME [--quick] [--workdir DIR] [--field=value ...]``
+where every dataclass field is a flag (tuples are comma separated, booleans take
+``true``/``false`` or nothing). ``--quick`` is applied first, explicit flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+__all__ = [
+    "Field",
+    "Timer",
+    "command_line",
+    "ensure_x64",
+    "fmt",
+    "w2_floor",
+    "machine_info",
+    "main",
+    "markdown_table",
+    "parse_config",
+    "progress",
+    "pyplot",
+    "savefig",
+    "to_jsonable",
+    "write_outputs",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Configs and the command line
+# --------------------------------------------------------------------------------------
+def _parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _converter(tp: Any) -> Callable[[str], Any]:
+    """A string -> value converter for a dataclass field annotation."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] / X | None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _converter(args[0])
+        return lambda s: None if s.lower() in ("none", "null", "") else inner(s)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        elem = _converter(args[0]) if args else str
+        return lambda s: tuple(elem(p.strip()) for p in s.split(",") if p.strip())
+    if tp is bool:
+        return _parse_bool
+    if tp in (int, float, str):
+        return tp
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def parse_config(config_cls: type, argv: Sequence[str] | None = None, *,
+                 description: str | None = None, default_workdir: str | None = None):
+    """Parse ``argv`` into ``(config, workdir)`` for a dataclass ``config_cls``.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     steps: int = 100
+        ...     dims: tuple[int, ...] = (1, 2)
+        ...     @classmethod
+        ...     def quick(cls):
+        ...         return cls(steps=5)
+        >>> cfg, wd = parse_config(C, ["--quick", "--dims=4,8"], default_workdir="runs/c")
+        >>> cfg.steps, cfg.dims, wd
+        (5, (4, 8), 'runs/c-quick')
+    """
+    hints = typing.get_type_hints(config_cls)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick preset (about two minutes on a 2-core CPU)")
+    parser.add_argument("--workdir", default=None,
+                        help="output folder (default: runs/NAME or runs/NAME-quick)")
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs: dict[str, Any] = dict(type=_converter(tp), default=argparse.SUPPRESS,
+                                      help=f"(default {default!r})")
+        if tp is bool:
+            kwargs.update(nargs="?", const=True)
+        parser.add_argument("--" + f.name.replace("_", "-"), "--" + f.name,
+                            dest=f.name, **kwargs)
+    ns = vars(parser.parse_args(list(argv) if argv is not None else None))
+    quick = ns.pop("quick")
+    workdir = ns.pop("workdir")
+    base = config_cls.quick() if quick else config_cls()
+    config = dataclasses.replace(base, **ns)
+    if workdir is None and default_workdir is not None:
+        workdir = default_workdir + ("-quick" if quick else "")
+    return config, workdir
+
+
+def main(config_cls: type, run: Callable[[Any, Path], dict], name: str,
+         argv: Sequence[str] | None = None) -> int:
+    """Entry point shared by all experiments: parse, run, print where outputs are.
+
+    Returns the process exit code: 0, or 1 when ``results["ok"]`` is false.
+    """
+    doc = sys.modules[run.__module__].__doc__
+    config, workdir = parse_config(config_cls, argv, description=doc,
+                                   default_workdir=os.path.join("runs", name))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] config: {config}")
+    print(f"[{name}] writing to {workdir.resolve()}")
+    t0 = time.perf_counter()
+    results = run(config, workdir)
+    elapsed = time.perf_counter() - t0
+    md = workdir / "results.md"
+    if md.exists():
+        print()
+        print(md.read_text())
+    print(f"[{name}] done in {elapsed:.1f} s")
+    print(f"[{name}] table:   {md.resolve()}")
+    print(f"[{name}] json:    {(workdir / 'results.json').resolve()}")
+    for png in sorted(workdir.glob("*.png")):
+        print(f"[{name}] figure:  {png.resolve()}")
+    ok = bool(results.get("ok", True))
+    if not ok:
+        print(f"[{name}] FAILED: see the table above", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def command_line(name: str, config: Any, workdir: Path | str | None = None) -> str:
+    """The command that reproduces ``config`` (fields that differ from the full defaults)."""
+    default = type(config)()
+    parts = ["python", "-m", f"experiments.{name}"]
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if v != getattr(default, f.name):
+            if isinstance(v, tuple):
+                v = ",".join(str(e) for e in v)
+            parts.append(f"--{f.name}={v}")
+    if workdir is not None:
+        parts.append(f"--workdir={workdir}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# --------------------------------------------------------------------------------------
+# Numerics set-up
+# --------------------------------------------------------------------------------------
+def ensure_x64(dtype: str) -> None:
+    """Turn on ``jax_enable_x64`` when an experiment asks for float64 (idempotent)."""
+    import jax
+
+    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+
+
+class Field(eqx.Module):
+    """``fn(t, x, **kw)`` as a pytree velocity ``v(t, x)``.
+
+    ``fm.integrate`` caches its compiled solve on the non-array part of the velocity; a
+    closure (``lambda t, x: fm.gaussian_velocity(t, x, **kw)``) is a new object each time
+    and recompiles, while ``Field(fm.gaussian_velocity, kw)`` with new arrays of the same
+    shapes reuses the compiled solve.
+    """
+
+    fn: Callable = eqx.field(static=True)
+    kw: tuple  # sorted (name, value) pairs: hashable once the arrays are partitioned out
+
+    def __init__(self, fn: Callable, kw: dict):
+        self.fn = fn
+        self.kw = tuple(sorted(kw.items()))
+
+    def __call__(self, t, x):
+        return self.fn(t, x, **dict(self.kw))
+
+
+# --------------------------------------------------------------------------------------
+# Progress and timing
+# --------------------------------------------------------------------------------------
+def progress(iterable: Iterable, *, desc: str = "", total: int | None = None,
+             enabled: bool = True) -> Iterable:
+    """A tqdm progress bar on stderr when enabled (and tqdm is installed)."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the plot extra
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+class Timer:
+    """Wall-clock timer: ``with Timer() as tm: ...; tm.seconds``."""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+def machine_info() -> dict:
+    """Where the numbers were measured: CPU/accelerator, core count, versions."""
+    import jax
+
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device": getattr(dev, "device_kind", str(dev)),
+        "n_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def w2_floor(sample, key, n: int, reps: int = 3, **w2_kwargs) -> tuple[float, float]:
+    """Mean and std over ``reps`` pairs of W2 between two ``n``-samples of one distribution.
+
+    W2 between finite samples of the *same* law is not zero and varies from draw to draw
+    (for mixtures, mostly through the multinomial component counts): print it beside any
+    sample W2.
+    """
+    import fmjax as fm
+
+    vals = []
+    for k in jax_split(key, reps):
+        ka, kb = jax_split(k, 2)
+        vals.append(float(fm.w2(sample(ka, n), sample(kb, n), **w2_kwargs)))
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if reps > 1 else 0.0
+
+
+def jax_split(key, n: int):
+    import jax
+
+    return list(jax.random.split(key, n))
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+def to_jsonable(obj: Any) -> Any:
+    """Convert NumPy/JAX scalars and arrays, dataclasses, tuples and paths for JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else str(v)
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # NumPy / JAX arrays
+        arr = np.asarray(obj)
+        return to_jsonable(arr.item()) if arr.ndim == 0 else to_jsonable(arr.tolist())
+    return obj
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Format a number for a Markdown cell (significant digits, sci for tiny/huge)."""
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool | np.bool_):
+        return "yes" if x else "**NO**"
+    if isinstance(x, int | np.integer):
+        return f"{int(x):,}"
+    v = float(x)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        return f"{v:.{max(digits - 1, 1)}e}"
+    return f"{v:.{digits}g}"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
+                   digits: int = 3) -> str:
+    """A GitHub Markdown table; numbers formatted with ``fmt``.
+
+    Example:
+        >>> print(markdown_table(["a", "b"], [[1, 0.5], ["x", 1e-9]]))
+        | a | b |
+        |---|---|
+        | 1 | 0.5 |
+        | x | 1.00e-09 |
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        # a literal "|" inside a cell (|x|, E[. | .]) must be escaped in Markdown tables
+        lines.append("| " + " | ".join(fmt(c, digits).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(workdir: Path | str, *, name: str, title: str, config: Any,
+                  results: dict, sections: Sequence[tuple[str, str]],
+                  figures: Sequence[str] = ()) -> None:
+    """Write ``results.json`` and ``results.md`` (title, command, machine, tables, figures)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    payload = {"experiment": name, "config": config, "machine": info,
+               "command": command_line(name, config), **results}
+    (workdir / "results.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
+    lines = [f"# {title}", "",
+             f"Command: `{command_line(name, config)}`  ",
+             f"Machine: {info['device']} ({info['platform']}, {info['cpu_count']} cores), "
+             f"jax {info['jax']}, {info['date_utc']}", ""]
+    for heading, body in sections:
+        if heading:
+            lines += [f"## {heading}", ""]
+        lines += [body.rstrip(), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+        lines.append("")
+    (workdir / "results.md").write_text("\n".join(lines))
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (imported lazily)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def savefig(fig, workdir: Path | str, name: str, *, dpi: int = 90) -> str:
+    """Save a figure as ``workdir/name.png`` (small: modest dpi), close it, return the path."""
+    path = Path(workdir) / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    return str(path)
