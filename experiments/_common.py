@@ -8,7 +8,7 @@ Convention (the Flax-examples shape): every experiment module defines
   it writes ``results.json``, ``results.md`` and PNG figures into ``workdir``;
 * ``main(argv=None)``: ``return _common.main(Config, run, "NAME", argv)``.
 
-Command line: ``python -m experiments.NAME [--quick] [--workdir DIR] [--field=value ...]``
+Command line: ``python -m experiments.NAME [--quick] [--distributed] [--workdir DIR] [--field=value ...]``
 where every dataclass field is a flag (tuples are comma separated, booleans take
 ``true``/``false`` or nothing). ``--quick`` is applied first, explicit flags override it.
 """
@@ -132,8 +132,24 @@ def main(config_cls: type, run: Callable[[Any, Path], dict], name: str,
     Returns the process exit code: 0, or 1 when ``results["ok"]`` is false.
     """
     doc = sys.modules[run.__module__].__doc__
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --distributed: join a multi-process JAX job (SLURM, TPU pod, or FMJAX_* variables)
+    # before anything touches a device; fm.fit then trains one model across processes.
+    distributed = "--distributed" in argv
+    if distributed:
+        argv.remove("--distributed")
     config, workdir = parse_config(config_cls, argv, description=doc,
                                    default_workdir=os.path.join("runs", name))
+    if distributed:
+        import jax
+
+        import fmjax
+
+        fmjax.initialize_distributed()
+        print(f"[{name}] process {jax.process_index()} of {jax.process_count()}, "
+              f"{jax.device_count()} devices in all")
+        if jax.process_index() != 0:  # every process computes; process 0 owns the outputs
+            workdir = os.path.join(workdir, f"process-{jax.process_index()}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] config: {config}")
