@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -55,10 +56,17 @@ def normal(key, n, dtype=jnp.float32):
 
 
 def w2(a, b):
+    """Exact empirical W2 (uniform weights): POT's network simplex if installed (several
+    times faster than SciPy at thousands of points), else SciPy's assignment."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     cost = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-    r, c = linear_sum_assignment(cost)
-    return float(np.sqrt(cost[r, c].mean()))
+    try:
+        import ot
+    except ImportError:
+        r, c = linear_sum_assignment(cost)
+        return float(np.sqrt(cost[r, c].mean()))
+    w = np.full(len(a), 1.0 / len(a))
+    return float(np.sqrt(ot.emd2(w, w, cost, numItermax=10_000_000)))
 
 
 def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwargs=None):
@@ -72,7 +80,12 @@ def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwa
     return statistics.median(rates)
 
 
-def torchcfm_speed(batch, exact_ot, steps):
+def torchcfm_speed(batch, exact_ot, steps, repeats=3):
+    rates = [_torchcfm_rate(batch, exact_ot, steps, seed) for seed in range(repeats)]
+    return None if rates[0] is None else statistics.median(rates)
+
+
+def _torchcfm_rate(batch, exact_ot, steps, seed):
     try:
         import torch
         from torchcfm.conditional_flow_matching import (
@@ -82,15 +95,17 @@ def torchcfm_speed(batch, exact_ot, steps):
         from torchcfm.models.models import MLP
     except Exception:  # noqa: BLE001 - optional comparison
         return None
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = MLP(dim=2, w=64, time_varying=True)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-5)
     fmatcher = (ExactOptimalTransportConditionalFlowMatcher if exact_ot
                 else ConditionalFlowMatcher)(sigma=0.1)
-    key = jax.random.key(0)
-    x1_all = torch.from_numpy(np.asarray(eight_gaussians(key, batch * 64)))
-    tic = time.perf_counter()
-    for i in range(steps):
+    key = jax.random.key(seed)
+    x1_all = torch.from_numpy(np.array(eight_gaussians(key, batch * 64)))
+    tic = None
+    for i in range(steps + 10):  # the first 10 steps (warm-up) are not timed
+        if i == 10:
+            tic = time.perf_counter()
         x0 = torch.randn(batch, 2)
         x1 = x1_all[torch.randint(0, x1_all.shape[0], (batch,))]
         t, xt, ut = fmatcher.sample_location_and_conditional_flow(x0, x1)
@@ -102,7 +117,7 @@ def torchcfm_speed(batch, exact_ot, steps):
     return steps / (time.perf_counter() - tic)
 
 
-def time_to_quality(coupling, max_steps, every=1000, n_eval=2000):
+def time_to_quality(coupling, max_steps, every=1000, n_eval=5000):
     k_a, k_b, k_c = jax.random.split(jax.random.key(123), 3)
     target = np.asarray(eight_gaussians(k_a, n_eval))
     floor = w2(target, np.asarray(eight_gaussians(k_b, n_eval)))
@@ -123,24 +138,108 @@ def time_to_quality(coupling, max_steps, every=1000, n_eval=2000):
                 reached=w <= 1.1 * floor)
 
 
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:
+        return "n/a"
+    return torch.get_num_threads()
+
+
+def _load():
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every OS
+        return "n/a"
+
+
+def torchcfm_time_to_quality(max_steps, every=1000, n_eval=5000, batch=256):
+    """torchcfm's ExactOptimalTransportConditionalFlowMatcher (sigma 0.1, AdamW 1e-3, its
+    3 x 64 SELU MLP) on the same task and W2 protocol; 100 Euler steps in torch, no EMA."""
+    try:
+        import torch
+        from torchcfm.conditional_flow_matching import (
+            ExactOptimalTransportConditionalFlowMatcher,
+        )
+        from torchcfm.models.models import MLP
+    except Exception:  # noqa: BLE001 - optional comparison
+        return None
+    k_a, k_b, k_c = jax.random.split(jax.random.key(123), 3)
+    target = np.asarray(eight_gaussians(k_a, n_eval))
+    floor = w2(target, np.asarray(eight_gaussians(k_b, n_eval)))
+    torch.manual_seed(0)
+    net = MLP(dim=2, w=64, time_varying=True)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-5)
+    fmatcher = ExactOptimalTransportConditionalFlowMatcher(sigma=0.1)
+    x1_all = torch.from_numpy(np.array(eight_gaussians(jax.random.key(7), 200_000)))
+    x0_eval = torch.from_numpy(np.array(normal(k_c, n_eval)))
+    train_seconds, steps, w = 0.0, 0, float("nan")
+    while steps < max_steps:
+        tic = time.perf_counter()
+        for _ in range(every):
+            x0 = torch.randn(batch, 2)
+            x1 = x1_all[torch.randint(0, x1_all.shape[0], (batch,))]
+            t, xt, ut = fmatcher.sample_location_and_conditional_flow(x0, x1)
+            loss = ((net(torch.cat([xt, t[:, None]], dim=-1)) - ut) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train_seconds += time.perf_counter() - tic
+        steps += every
+        with torch.no_grad():
+            x = x0_eval.clone()
+            for i in range(100):
+                tt = torch.full((n_eval, 1), i / 100.0)
+                x = x + net(torch.cat([x, tt], dim=-1)) / 100.0
+        w = w2(x.numpy(), target)
+        if w <= 1.1 * floor:
+            break
+    return dict(coupling="torchcfm OT-CFM", steps=steps, seconds=train_seconds, w2=w,
+                floor=floor, reached=w <= 1.1 * floor)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--platform", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
-    ap.add_argument("--n-eval", type=int, default=2000,
+    ap.add_argument("--n-eval", type=int, default=5000,
                     help="points per side for the time-to-quality W2 (10000: the published "
                          "protocol; slow with SciPy)")
+    ap.add_argument("--peer-ttq", action="store_true",
+                    help="also time torchcfm's OT-CFM to the same quality (slow: up to "
+                         "20,000 steps)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch.set_num_threads for the torchcfm rows (default 1: on this "
+                         "loaded 2-core VM torch's default 2 intra-op threads ran I-CFM ~30x "
+                         "slower, 7 vs 229 steps/s; 0 keeps torch's default)")
+    ap.add_argument("--xla-threads", type=int, default=0,
+                    help="1: single-threaded XLA CPU (sets XLA_FLAGS before the backend "
+                         "starts; on the loaded 2-core VM 1.5x faster at batch 256, 2.4x at "
+                         "4096); 0 keeps JAX's default thread pool")
+    ap.add_argument("--skip-ttq", action="store_true", help="speed table only")
     ap.add_argument("--repeats", type=int, default=3, help="seeds per speed row (median)")
     ap.add_argument("--ot-solver", default=None,
                     help="exact OT solver passed to fm.couplings.couple (default: its own)")
     args = ap.parse_args(argv)
+    if args.xla_threads == 1:  # read when the backend starts, i.e. at jax.devices() below
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
+                                   "eigen=false intra_op_parallelism_threads=1").strip()
     jax.config.update("jax_platforms", args.platform)
+    if args.torch_threads > 0:
+        try:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+        except ImportError:
+            pass
     q = 0.2 if args.quick else 1.0
     ot_kw = {"solver": args.ot_solver} if args.ot_solver else None
     dev = jax.devices()[0]
     print(f"# fmjax training speed ({dev.platform}: {getattr(dev, 'device_kind', '')}; "
           f"{jax.device_count()} device(s); {platform.processor() or platform.machine()}; "
-          f"jax {jax.__version__})\n")
+          f"jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+          f"torch threads {_torch_threads()}; "
+          f"load average {_load()})\n")
 
     rows = [("3x64 SELU", 256, "independent", int(5000 * q), 500, 64),
             ("3x64 SELU", 256, "ot", int(1000 * q), 250, 64),
@@ -155,21 +254,29 @@ def main(argv=None):
         rate = fmjax_speed(batch, coupling, steps, min(chunk, steps), width=width,
                            repeats=args.repeats,
                            coupling_kwargs=ot_kw if coupling == "ot" else None)
-        ref = torchcfm_speed(batch, coupling == "ot", max(50, steps // 10)) \
-            if width == 64 else None
+        ref = torchcfm_speed(batch, coupling == "ot", max(50, steps // 5),
+                             repeats=args.repeats) if width == 64 else None
         ref_s = "not installed" if ref is None else f"{ref:,.0f}"
         ratio = "" if ref is None else f"{rate / ref:.1f}x"
         print(f"| {net} | {batch} | {coupling} | {rate:,.0f} | {rate * batch:,.0f} | "
               f"{ref_s} | {ratio} |", flush=True)
 
+    if args.skip_ttq:
+        print(f"\nload average at the end: {_load()}")
+        return
     print(f"\n## Time to quality, N -> 8 Gaussians (batch 256, W2 at {args.n_eval:,} vs "
           f"{args.n_eval:,} points)\n")
     print("| coupling | steps | train seconds | W2 | W2 floor | within 10% |")
     print("|---|---|---|---|---|---|")
-    for coupling in ("ot", "independent"):
-        r = time_to_quality(coupling, max_steps=int(20_000 * q), n_eval=args.n_eval)
+    results = [time_to_quality(c, max_steps=int(20_000 * q), n_eval=args.n_eval)
+               for c in ("ot", "independent")]
+    if args.peer_ttq:
+        peer = torchcfm_time_to_quality(int(20_000 * q), n_eval=args.n_eval)
+        results += [] if peer is None else [peer]
+    for r in results:
         print(f"| {r['coupling']} | {r['steps']:,} | {r['seconds']:.1f} | {r['w2']:.3f} | "
               f"{r['floor']:.3f} | {'yes' if r['reached'] else 'no'} |", flush=True)
+    print(f"\nload average at the end: {_load()}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ Exact assignment solvers behind ``"ot"`` (``solver=``):
   accelerators, where it has not been measured yet). Its assignment is optimal up to ``n * eps_final``
   in total cost and exactly optimal when that is below the gap between the best and the
   second-best assignment (Bertsekas, "Linear Network Optimization", 1991, Prop. 4.1).
+  Bounded: at most ``max_iterations`` bidding rounds; a batch on which it does not
+  converge is re-solved exactly on the host (POT, else SciPy) inside the same program.
 - ``"hungarian"``: optax's on-device Hungarian algorithm (exact, slow on CPU).
 
 ``solver="auto"`` (default) picks ``"auction"`` on GPU/TPU backends, else ``"pot"`` when
@@ -40,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_batch, check_same_shape
+from ._checks import as_float_array, check_batch, check_same_shape, concrete
 
 __all__ = ["couple", "exact_ot_permutation", "auction_assignment", "COUPLINGS", "OT_SOLVERS"]
 
@@ -154,9 +156,11 @@ def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | Non
             ``range(A) * 1e-2 / n`` for float32 (bounded below by 64 ulps of ``max |A|``).
         scaling: factor by which ``eps`` decreases between phases, ``> 1``.
         block: rows bidding per iteration (default ``min(n, 64)``).
-        max_iterations: cap on the total number of bidding iterations. If it is reached the
-            remaining rows are matched to the free columns in order (still a permutation)
-            and ``converged`` is ``False``.
+        max_iterations: cap on the total number of bidding iterations (so the call always
+            terminates, also under ``jit``/``scan``). If it is reached the remaining rows are
+            matched to the free columns in order (still a permutation, not optimal) and
+            ``converged`` is ``False``; :func:`exact_ot_permutation` then re-solves the batch
+            on the host.
 
     Returns:
         ``(perm, converged)``: ``perm`` int32 ``(n,)`` with row ``i`` assigned to column
@@ -166,20 +170,30 @@ def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | Non
     >>> auction_assignment(A)[0].tolist()
     [0, 1]
     """
-    A = jnp.asarray(benefit)
-    if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
+    A = as_float_array(benefit, "benefit", ndim=2)
+    if A.shape[0] != A.shape[1] or A.shape[0] == 0:
         raise ValueError(f"`benefit` must be a non-empty square matrix, got shape {A.shape}")
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        raise ValueError(f"`benefit` must be floating point, got dtype {A.dtype}")
     if not scaling > 1:
         raise ValueError(f"`scaling` must be > 1, got {scaling!r}")
+    if (isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer))
+            or max_iterations < 1):
+        raise ValueError(f"`max_iterations` must be a positive integer, got {max_iterations!r}")
+    if block is not None and (not isinstance(block, (int, np.integer)) or block < 1):
+        raise ValueError(f"`block` must be a positive integer, got {block!r}")
+    if eps_final is not None:
+        c = concrete(eps_final)
+        if c is not None and not (np.ndim(c) == 0 and np.isfinite(c) and c >= 0):
+            raise ValueError(f"`eps_final` must be a finite number >= 0, got {eps_final!r}")
     n = A.shape[0]
     B = min(n, 64 if block is None else int(block))
     dt = A.dtype
     finfo = jnp.finfo(dt)
     amax, amin = jnp.max(A), jnp.min(A)
     span = jnp.maximum(amax - amin, jnp.asarray(finfo.tiny, dt))
-    floor = 64 * finfo.eps * jnp.maximum(jnp.abs(amax), jnp.abs(amin))
+    # eps must stay > 0 and above the float resolution of the prices (bounded by a few
+    # ranges of A, prices are re-centred each phase), or a price war can cycle forever.
+    floor = jnp.maximum(64 * finfo.eps * jnp.maximum(jnp.abs(amax), jnp.abs(amin)),
+                        jnp.asarray(finfo.tiny, dt) * 2.0 ** 20)
     if eps_final is None:
         rel = 1e-2 if finfo.bits <= 32 else 1e-3
         eps_final = span * jnp.asarray(rel / n, dt)
@@ -222,6 +236,7 @@ def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | Non
     def phase(k, carry):
         prices, obj_of, person_of, it = carry
         eps = jnp.maximum(eps0 / sc ** k.astype(dt), eps_final)
+        prices = prices - jnp.min(prices)  # a common shift changes nothing; keeps them small
         # Keep the pairs that still satisfy eps-complementary slackness for the new eps
         # (A_ij - p_j >= max_k (A_ik - p_k) - eps); only the others bid again.
         vals = A - prices[None, :]
@@ -252,10 +267,22 @@ def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | Non
     return filled, converged
 
 
+def _host_fallback_fn():
+    try:
+        import ot  # noqa: F401
+    except ImportError:
+        return _scipy_perm_host
+    return _pot_perm_host
+
+
 def _auction_permutation(x0: jax.Array, x1: jax.Array, **kw) -> jax.Array:
     # max sum <x0_i, x1_sigma(i)> has the same optimal sigma as min sum ||x0_i - x1_sigma(i)||^2.
-    perm, _ = auction_assignment(x0 @ x1.T, **kw)
-    return perm
+    perm, converged = auction_assignment(x0 @ x1.T, **kw)
+    # Bounded: if the auction hit `max_iterations`, solve this batch exactly on the host
+    # instead (under `vmap` the cond becomes a select and the host solve always runs).
+    fallback = _host_fallback_fn()
+    return jax.lax.cond(converged, lambda a, b: perm,
+                        lambda a, b: _host_permutation(fallback, a, b), x0, x1)
 
 
 def exact_ot_permutation(x0: Any, x1: Any, *, solver: str = "auto", **solver_kw) -> jax.Array:
@@ -268,9 +295,11 @@ def exact_ot_permutation(x0: Any, x1: Any, *, solver: str = "auto", **solver_kw)
     Args:
         x0: ``(n, d)`` source batch.
         x1: ``(n, d)`` target batch, same shape and dtype.
-        solver: ``"scipy"`` (host callback, exact), ``"auction"`` (JAX auction, see
-            :func:`auction_assignment`, which receives ``solver_kw``) or ``"hungarian"``
-            (optax).
+        solver: ``"auto"`` (default: ``"pot"`` on CPU when POT is installed, else
+            ``"scipy"``; ``"auction"`` on GPU/TPU), ``"pot"`` or ``"scipy"`` (host
+            callbacks, exact), ``"auction"`` (JAX auction, see :func:`auction_assignment`,
+            which receives ``solver_kw``; non-converged batches fall back to the host) or
+            ``"hungarian"`` (optax).
 
     Returns:
         ``perm``, int32 ``(n,)``.

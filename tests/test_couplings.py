@@ -135,3 +135,25 @@ def test_errors():
         cp.couple(jax.random.key(0), x0, x1, method="nope")
     with pytest.raises(ValueError, match="solver"):
         cp.exact_ot_permutation(x0, x1, solver="nope")
+
+
+def test_auction_iteration_cap_terminates_and_falls_back_to_exact():
+    # Regression (fit with solver="auction" seemed to hang): the auction is bounded by
+    # `max_iterations`; if it hits the cap it reports converged=False and still returns a
+    # permutation, and the "ot" coupling then solves that batch exactly on the host
+    # (checked against SciPy).  Heavy ties (duplicated target points) are the slow case.
+    rng = np.random.default_rng(4)
+    x0 = rng.standard_normal((32, 2)).astype(np.float32)
+    x1 = np.repeat(rng.standard_normal((4, 2)).astype(np.float32), 8, axis=0)
+    A = jnp.asarray(x0 @ x1.T)
+    perm, conv = jax.jit(lambda a: cp.auction_assignment(a, max_iterations=3))(A)
+    assert not bool(conv)
+    assert sorted(np.asarray(perm).tolist()) == list(range(32))
+    f = jax.jit(lambda u, v: cp.exact_ot_permutation(u, v, solver="auction", max_iterations=3))
+    C = sq_cost(x0, x1)
+    r, c = linear_sum_assignment(C)
+    got = C[np.arange(32), np.asarray(f(x0, x1))].sum()
+    np.testing.assert_allclose(got, C[r, c].sum(), rtol=1e-6)
+    # all-zero benefit: eps stays > 0, so the price war ends (any permutation is optimal)
+    perm, conv = jax.jit(lambda a: cp.auction_assignment(a, eps_final=0.0))(jnp.zeros((16, 16)))
+    assert bool(conv) and sorted(np.asarray(perm).tolist()) == list(range(16))
