@@ -200,7 +200,10 @@ def _mixture_kernel(path, t, x, w, m0, S0, m1, S1, C):
 
 @jax.jit
 def _dirac_kernel(path, t, x, Y, w):
-    a, b, da, db = _coefficients(path, t)
+    a_raw, b, da, db = _coefficients(path, t)
+    # a(t) <= 0 (t = 1) is reported by the caller through `ok`; a safe stand-in keeps this
+    # kernel free of NaN/inf there (so jax_debug_nans and gradients stay clean).
+    a = jnp.where(a_raw > 0, a_raw, jnp.ones_like(a_raw))
     # ||x - b y_k||^2 = ||x||^2 - 2 b <x, y_k> + b^2 ||y_k||^2: under vmap over points the
     # middle term is one (n, d) @ (d, K) matmul; no (n, K, d) or (K, K) intermediate.
     sq = jnp.dot(x, x) - 2 * b * (Y @ x) + (b * b) * jnp.sum(Y * Y, axis=1)
@@ -211,7 +214,7 @@ def _dirac_kernel(path, t, x, Y, w):
     v = db * ybar + (da / a) * (x - b * ybar)
     d = x.shape[0]
     logp = jax.nn.logsumexp(logits) - 0.5 * d * (_LOG_2PI + 2 * jnp.log(a))
-    return logp, v, a > 0
+    return logp, v, a_raw > 0
 
 
 _PD_MSG = ("Sigma_t = Cov(X_t) of {} is not positive definite at this t (degenerate coupling "

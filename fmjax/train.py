@@ -197,9 +197,12 @@ def global_batch(local: Any, mesh: Mesh | None = None) -> jax.Array:
     batches on device). Each process passes its ``(n_local, ...)`` slice; the result has
     leading size ``n_local * process_count`` (``jax.make_array_from_process_local_data``).
     """
+    local = np.asarray(local)
+    if local.ndim < 1:
+        raise ValueError(f"`local` must have a leading batch axis, got shape {local.shape}")
     mesh = make_mesh() if mesh is None else mesh
     sharding = NamedSharding(mesh, P("data"))
-    return jax.make_array_from_process_local_data(sharding, np.asarray(local))
+    return jax.make_array_from_process_local_data(sharding, local)
 
 
 def _replicate(x: Any, mesh: Mesh) -> jax.Array:
