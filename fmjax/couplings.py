@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,8 +167,9 @@ def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | Non
         ``(perm, converged)``: ``perm`` int32 ``(n,)`` with row ``i`` assigned to column
         ``perm[i]``, and a boolean scalar.
 
+    >>> import jax.numpy as jnp, fmjax as fm
     >>> A = jnp.array([[4.0, 1.0], [3.0, 2.0]])
-    >>> auction_assignment(A)[0].tolist()
+    >>> fm.auction_assignment(A)[0].tolist()
     [0, 1]
     """
     A = as_float_array(benefit, "benefit", ndim=2)
@@ -304,9 +306,10 @@ def exact_ot_permutation(x0: Any, x1: Any, *, solver: str = "auto", **solver_kw)
     Returns:
         ``perm``, int32 ``(n,)``.
 
+    >>> import jax.numpy as jnp, fmjax as fm
     >>> x0 = jnp.array([[0.0, 0.0], [1.0, 0.0]])
     >>> x1 = jnp.array([[1.1, 0.0], [0.1, 0.0]])
-    >>> exact_ot_permutation(x0, x1).tolist()
+    >>> fm.exact_ot_permutation(x0, x1).tolist()
     [1, 0]
     """
     x0, x1 = _check_pair(x0, x1)
@@ -345,7 +348,12 @@ def _sinkhorn_pairs(key, x0, x1, epsilon, relative_epsilon, solver_kw):
     plan = out.matrix
     logits = jnp.log(jnp.maximum(plan, jnp.asarray(jnp.finfo(wide).tiny, wide)))
     j = jax.random.categorical(key, logits, axis=1)
-    return x0, x1[j]
+    # A plan that did not converge is not a coupling of the batch: report it, never use it.
+    x1_paired = eqx.error_if(
+        x1[j], ~(out.converged & jnp.all(jnp.isfinite(plan))),
+        "Sinkhorn coupling did not converge: raise `epsilon` or `max_iterations`, or use "
+        "method='ot'")
+    return x0, x1_paired
 
 
 def couple(key: jax.Array, x0: Any, x1: Any, *, method: str = "independent",
@@ -371,10 +379,11 @@ def couple(key: jax.Array, x0: Any, x1: Any, *, method: str = "independent",
         ``x0`` as is and return ``x1`` (permuted for ``"ot"``); ``"sinkhorn"`` keeps ``x0``
         and draws each partner from the conditional plan (``x1`` with replacement).
 
+    >>> import jax, jax.numpy as jnp, fmjax as fm
     >>> k0, k1 = jax.random.split(jax.random.key(0))
     >>> x0 = jax.random.normal(k0, (8, 2))
     >>> x1 = jax.random.normal(k1, (8, 2)) + 3.0
-    >>> a, b = couple(k0, x0, x1, method="ot")
+    >>> a, b = fm.couple(k0, x0, x1, method="ot")
     >>> bool(jnp.sum((a - b) ** 2) <= jnp.sum((x0 - x1) ** 2))
     True
     """

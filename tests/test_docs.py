@@ -85,7 +85,7 @@ def test_modules_discovered():
 # Modules whose examples use names they do not import (they relied on the module's globals,
 # which a reader copying the example does not have). Strict xfail: remove an entry once its
 # examples start with their own imports (``import jax.numpy as jnp, fmjax as fm``).
-EXAMPLES_WITHOUT_IMPORTS = {"fmjax.couplings"}
+EXAMPLES_WITHOUT_IMPORTS: set[str] = set()
 
 
 @pytest.mark.parametrize(
