@@ -51,6 +51,13 @@ def as_float_array(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = No
     """
     if isinstance(x, (bool, np.bool_)):
         raise ValueError(f"`{name}` must be a floating-point array, got a bool")
+    # Concrete values are checked in NumPy before any JAX op touches them, so a NaN is
+    # reported as a ValueError naming the argument even under jax_debug_nans.
+    c = concrete(x) if finite else None
+    if c is not None and c.dtype.kind == "f" and c.size:
+        if not np.all(np.isfinite(c.astype(np.float64))):
+            bad = int(np.sum(~np.isfinite(c.astype(np.float64))))
+            raise ValueError(f"`{name}` has {bad} non-finite (NaN or inf) entries, {_describe(x)}")
     if isinstance(x, int | float) and not isinstance(x, bool):
         arr = jnp.asarray(x, dtype=dtype if dtype is not None else None)
         if dtype is None and not isinstance(x, float):
@@ -93,6 +100,9 @@ def as_time(t: Any, name: str = "t", *, dtype: Any = None, low: float = 0.0,
     """A scalar time in ``[low, high]`` as an array of ``dtype``."""
     if isinstance(t, int) and not isinstance(t, bool):
         t = float(t)
+    c = concrete(t)
+    if c is not None and c.ndim == 0 and c.dtype.kind == "f" and not (low <= float(c) <= high):
+        raise ValueError(f"`{name}` must lie in [{low}, {high}], got {name}={float(c)!r}")
     arr = as_float_array(t, name, dtype=dtype, finite=False)
     if arr.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar time, got {_describe(arr)}; "
