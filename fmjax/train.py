@@ -82,6 +82,14 @@ class TrainState(NamedTuple):
             debiased average after ``k`` steps is ``ema / (1 - ema_decay**k)`` (as in
             ``optax.ema(debias=True)``); ``fit`` returns the debiased average.
         opt_state: the Optax optimizer state.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fmjax as fm
+        >>> x0 = lambda key, n: jax.random.normal(key, (n, 2), jnp.float32)
+        >>> x1 = lambda key, n: 2.0 + jax.random.normal(key, (n, 2), jnp.float32)
+        >>> model, hist = fm.fit(jax.random.key(0), x0, x1, steps=200, batch_size=64)
+        >>> isinstance(hist.state, fm.TrainState), int(hist.state.step)
+        (True, 200)
     """
 
     step: jax.Array
@@ -102,6 +110,14 @@ class History(NamedTuple):
         wall_time: seconds spent in ``fit`` (compilation and checkpoints included).
         state: the final :class:`TrainState` (raw parameters, EMA, optimizer state).
         resumed_from: the step of the checkpoint this run resumed from, or ``None``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fmjax as fm
+        >>> x0 = lambda key, n: jax.random.normal(key, (n, 2), jnp.float32)
+        >>> x1 = lambda key, n: 2.0 + jax.random.normal(key, (n, 2), jnp.float32)
+        >>> model, hist = fm.fit(jax.random.key(0), x0, x1, steps=200, batch_size=64)
+        >>> hist.loss.shape, int(hist.steps[-1]), hist.resumed_from
+        ((200,), 199, None)
     """
 
     loss: np.ndarray
@@ -113,7 +129,14 @@ class History(NamedTuple):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; ``.step`` is the (0-based) step index."""
+    """Training produced a NaN or infinite loss; ``.step`` is the (0-based) step index.
+
+    Example:
+        >>> import fmjax as fm
+        >>> err = fm.NonFiniteLossError(37, float("nan"))
+        >>> err.step, str(err).startswith("non-finite loss at step 37")
+        (37, True)
+    """
 
     def __init__(self, step: int, value: float):
         self.step, self.value = int(step), float(value)
@@ -127,6 +150,12 @@ class Preempted(SystemExit):
     A ``SystemExit`` subclass with exit code 143 (128 + SIGTERM): left uncaught, the
     process exits cleanly, as batch schedulers (SLURM, Kubernetes) expect; catch it to do
     something else. ``.step`` is the step the checkpoint holds.
+
+    Example:
+        >>> import fmjax as fm
+        >>> e = fm.Preempted(500)
+        >>> isinstance(e, SystemExit), e.code, e.step
+        (True, 143, 500)
     """
 
     def __init__(self, step: int):
@@ -176,6 +205,12 @@ def initialize_distributed(coordinator_address: str | None = None,
 
         gcloud compute tpus tpu-vm ssh NAME --worker=all --command="python train.py"
         # train.py calls fm.initialize_distributed() (arguments auto-detected)
+
+    Example (not executed by the doctests: it joins a multi-process job)::
+
+        >>> import fmjax as fm  # doctest: +SKIP
+        >>> fm.initialize_distributed("10.0.0.1:1234", num_processes=2,  # doctest: +SKIP
+        ...                           process_id=0)
     """
     env = os.environ
     if coordinator_address is None:
@@ -196,6 +231,12 @@ def global_batch(local: Any, mesh: Mesh | None = None) -> jax.Array:
     For users who feed their own host-side batches (``fit`` does not need it: it generates
     batches on device). Each process passes its ``(n_local, ...)`` slice; the result has
     leading size ``n_local * process_count`` (``jax.make_array_from_process_local_data``).
+
+    Example:
+        >>> import jax, numpy as np, fmjax as fm
+        >>> x = fm.global_batch(np.ones((4 * jax.local_device_count(), 2), np.float32))
+        >>> x.shape[0] == 4 * jax.device_count(), x.sharding.spec[0]
+        (True, 'data')
     """
     local = np.asarray(local)
     if local.ndim < 1:
@@ -792,6 +833,18 @@ def restore(checkpoint_dir: str | os.PathLike, model: nnx.Module | None = None, 
 
     Returns:
         The model, a velocity callable ``v(t, x)``.
+
+    Example:
+        >>> import tempfile, jax, jax.numpy as jnp, fmjax as fm
+        >>> x0 = lambda key, n: jax.random.normal(key, (n, 2), jnp.float32)
+        >>> x1 = lambda key, n: 2.0 + jax.random.normal(key, (n, 2), jnp.float32)
+        >>> ckpt = tempfile.mkdtemp()
+        >>> model, _ = fm.fit(jax.random.key(0), x0, x1, steps=200, batch_size=64,
+        ...                   checkpoint_dir=ckpt)
+        >>> again = fm.restore(ckpt)
+        >>> x = jnp.zeros(2, jnp.float32)
+        >>> bool(jnp.array_equal(again(0.5, x), model(0.5, x)))
+        True
     """
     directory = os.path.abspath(os.fspath(checkpoint_dir))
     if not os.path.isdir(directory):
@@ -845,7 +898,7 @@ def sample(model: Callable, key: jax.Array, n: int, *, dim: int | None = None,
         dim: dimension ``d`` (default: ``model.dim`` if it exists).
         sample_x0: optional source sampler ``(key, n) -> (n, d)`` or an array ``(n, d)``
             of starting points.
-        solver, steps, t0, t1, **integrate_kwargs: passed to ``fmjax.integrate``.
+        solver, steps, t0, t1, \*\*integrate_kwargs: passed to ``fmjax.integrate``.
         dtype: dtype of the default Gaussian source.
 
     Returns:

@@ -30,15 +30,7 @@ MODULES = ["fmjax"] + sorted(m.name for m in pkgutil.walk_packages(fmjax.__path_
 # Public names whose docstring has no ``>>>`` example yet. Every entry comes from a module
 # that was still being written when this list was made; strict xfail, so an entry must be
 # removed as soon as its example lands.
-MISSING_EXAMPLES = {
-    "History",
-    "NonFiniteLossError",
-    "Preempted",
-    "TrainState",
-    "global_batch",
-    "initialize_distributed",
-    "restore",
-}
+MISSING_EXAMPLES: set[str] = set()
 
 # Public names that are re-exported third-party objects, whose docstring belongs to their
 # library (``FlowResults`` is ``diffrax.RESULTS``). They are documented by a ``#:`` comment
