@@ -170,6 +170,9 @@ def test_resume_ignores_half_written_checkpoint_and_traces_once(tmp_path, monkey
                checkpoint_dir=d, batch_size=64, ema_decay=0.9)
     with pytest.raises(ValueError, match="model"):
         fm.fit(jax.random.key(1), gauss0, gauss1, steps=80, checkpoint_dir=d, **KW)
+    with pytest.raises(ValueError, match="path: checkpoint has 'linear'"):  # other interpolant
+        fm.fit(jax.random.key(1), gauss0, gauss1, steps=80, model=small_model(),
+               checkpoint_dir=d, path=fm.Trigonometric(), **KW)
 
 
 @pytest.mark.skipif(jax.config.jax_debug_nans,
