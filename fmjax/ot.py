@@ -110,7 +110,7 @@ def _spd_power_jvp(p, primals, tangents):
     elif p == -0.5:
         L = -1.0 / (si * sj * (si + sj))
     else:  # pragma: no cover - internal use only
-        raise NotImplementedError(p)
+        raise ValueError(f"_spd_power supports p = 0.5 or -0.5, got p = {p}")
     dS_eig = V.T @ _sym(dS) @ V
     return out, V @ (L * dS_eig) @ V.T
 
