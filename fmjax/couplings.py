@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import as_float_array, check_batch, check_same_shape, concrete
+from .ot import _sq_dist_matrix
 
 __all__ = ["couple", "exact_ot_permutation", "auction_assignment", "COUPLINGS", "OT_SOLVERS"]
 
@@ -115,7 +116,7 @@ def _hungarian_permutation(x0: jax.Array, x1: jax.Array) -> jax.Array:
 
     # optax creates float64 duals when x64 is on: solve in the widest float dtype.
     wide = jnp.zeros((), float).dtype
-    cost = _sq_cost(x0.astype(wide), x1.astype(wide))
+    cost = _sq_dist_matrix(x0.astype(wide), x1.astype(wide))
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         rows, cols = assignment.hungarian_algorithm(cost)
     return jnp.zeros(x0.shape[0], jnp.int32).at[rows].set(cols.astype(jnp.int32))
@@ -131,12 +132,6 @@ def _auto_solver() -> str:
     except ImportError:
         return "scipy"
     return "pot"
-
-
-def _sq_cost(x0: jax.Array, x1: jax.Array) -> jax.Array:
-    n0 = jnp.sum(x0 * x0, axis=1)
-    n1 = jnp.sum(x1 * x1, axis=1)
-    return jnp.maximum(n0[:, None] + n1[None, :] - 2.0 * (x0 @ x1.T), 0.0)
 
 
 def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | None = None,
