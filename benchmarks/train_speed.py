@@ -69,14 +69,61 @@ def w2(a, b):
     return float(np.sqrt(ot.emd2(w, w, cost, numItermax=10_000_000)))
 
 
-def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwargs=None):
+def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwargs=None,
+                host_workers=None):
     rates = []
     for seed in range(repeats):
         model = fm.nn.VelocityMLP(2, width=width, rngs=nnx.Rngs(seed))
         _, hist = fm.fit(jax.random.key(seed), normal, eight_gaussians, coupling=coupling,
                          steps=steps, batch_size=batch, steps_per_call=chunk, model=model,
-                         coupling_kwargs=coupling_kwargs)
+                         coupling_kwargs=coupling_kwargs, host_workers=host_workers)
         rates.append(hist.steps_per_second)
+    return statistics.median(rates)
+
+
+def bare_loop_speed(batch, steps=2000, chunk=500, width=64, repeats=3):
+    """The floor of a training step: the same 3 x width SELU MLP written as plain ``jnp``
+    matmuls, Adam(W) by Optax, independent N(0, I) -> 8 Gaussians pairs drawn in the step,
+    ``lax.scan`` of ``chunk`` steps; no EMA, no per-step bookkeeping (steps/s, median)."""
+    import optax
+
+    chunk = min(chunk, steps)
+    sizes = [3, width, width, width, 2]
+    opt = optax.adamw(1e-3, weight_decay=1e-5)
+
+    def mlp(ps, h):
+        for i, (w, b) in enumerate(ps):
+            h = h @ w + b
+            h = jax.nn.selu(h) if i < len(ps) - 1 else h
+        return h
+
+    def loss(ps, x0, x1, t):
+        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+        v = mlp(ps, jnp.concatenate([xt, t[:, None]], -1))
+        return jnp.mean(jnp.sum((v - (x1 - x0)) ** 2, -1))
+
+    def step(carry, i):
+        ps, st = carry
+        k0, k1, kt = jax.random.split(jax.random.fold_in(jax.random.key(0), i), 3)
+        x0, x1 = normal(k0, batch), eight_gaussians(k1, batch)
+        val, g = jax.value_and_grad(loss)(ps, x0, x1, jax.random.uniform(kt, (batch,)))
+        up, st = opt.update(g, st, ps)
+        return (optax.apply_updates(ps, up), st), val
+
+    run = jax.jit(lambda c, s: jax.lax.scan(step, c, s + jnp.arange(chunk)))
+    rates = []
+    for seed in range(repeats):
+        keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+        ps = [(jax.random.normal(k, (a, b)) / math.sqrt(a), jnp.zeros(b))
+              for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+        carry, _ = run((ps, opt.init(ps)), 0)  # compile + warm-up
+        jax.block_until_ready(carry)
+        tic = time.perf_counter()
+        val = None
+        for r in range(steps // chunk):
+            carry, val = run(carry, (r + 1) * chunk)
+        jax.block_until_ready((carry, val))
+        rates.append(steps // chunk * chunk / (time.perf_counter() - tic))
     return statistics.median(rates)
 
 
@@ -218,6 +265,9 @@ def main(argv=None):
                          "4096); 0 keeps JAX's default thread pool")
     ap.add_argument("--skip-ttq", action="store_true", help="speed table only")
     ap.add_argument("--repeats", type=int, default=3, help="seeds per speed row (median)")
+    ap.add_argument("--host-workers", type=int, default=-1,
+                    help="fm.fit(host_workers=...) for exact OT (-1: fit's default, one "
+                         "thread per core)")
     ap.add_argument("--ot-solver", default=None,
                     help="exact OT solver passed to fm.couplings.couple (default: its own)")
     args = ap.parse_args(argv)
@@ -244,6 +294,7 @@ def main(argv=None):
     rows = [("3x64 SELU", 256, "independent", int(5000 * q), 500, 64),
             ("3x64 SELU", 256, "ot", int(1000 * q), 250, 64),
             ("3x64 SELU", 4096, "independent", int(500 * q), 100, 64)]
+    workers = None if args.host_workers < 0 else args.host_workers
     if args.platform == "gpu":
         rows += [("3x64 SELU", 4096, "ot", int(200 * q), 50, 64),
                  ("3x512 SELU", 4096, "independent", int(2000 * q), 500, 512),
@@ -251,15 +302,26 @@ def main(argv=None):
     print("| net | batch | coupling | fmjax steps/s | samples/s | torchcfm steps/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     for net, batch, coupling, steps, chunk, width in rows:
-        rate = fmjax_speed(batch, coupling, steps, min(chunk, steps), width=width,
-                           repeats=args.repeats,
-                           coupling_kwargs=ot_kw if coupling == "ot" else None)
+        variants = [(coupling, workers)]
+        if coupling == "ot" and workers != 0:  # also the in-step callback, for comparison
+            variants.append(("ot, in-step callback", 0))
         ref = torchcfm_speed(batch, coupling == "ot", max(50, steps // 5),
                              repeats=args.repeats) if width == 64 else None
-        ref_s = "not installed" if ref is None else f"{ref:,.0f}"
-        ratio = "" if ref is None else f"{rate / ref:.1f}x"
-        print(f"| {net} | {batch} | {coupling} | {rate:,.0f} | {rate * batch:,.0f} | "
-              f"{ref_s} | {ratio} |", flush=True)
+        for label, hw in variants:
+            rate = fmjax_speed(batch, coupling, steps, min(chunk, steps), width=width,
+                               repeats=args.repeats, host_workers=hw,
+                               coupling_kwargs=ot_kw if coupling == "ot" else None)
+            ref_s = "not installed" if ref is None else f"{ref:,.0f}"
+            ratio = "" if ref is None else f"{rate / ref:.1f}x"
+            print(f"| {net} | {batch} | {label} | {rate:,.0f} | {rate * batch:,.0f} | "
+                  f"{ref_s} | {ratio} |", flush=True)
+    if args.platform == "cpu":
+        for batch in (256, 4096):
+            rate = bare_loop_speed(batch, steps=int(2000 * q) if batch == 256 else
+                                   int(200 * q), chunk=500 if batch == 256 else 50,
+                                   repeats=args.repeats)
+            print(f"| bare lax.scan loop, 3x64 SELU (no EMA, floor) | {batch} | independent | "
+                  f"{rate:,.0f} | {rate * batch:,.0f} | | |", flush=True)
 
     if args.skip_ttq:
         print(f"\nload average at the end: {_load()}")

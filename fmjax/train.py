@@ -26,6 +26,12 @@ state are replicated. The program is the same on 1 or N devices, on one or many 
 (see :func:`initialize_distributed`). Batches are generated *inside* the compiled step from
 ``(key, step)``, so each device computes only its own shard and no host-to-device data
 feeding is needed.
+
+Exact minibatch OT with a host solver (POT, SciPy) is pipelined: the batches of the next
+chunk are drawn on the device, and their assignments are solved by host threads while the
+device trains the current chunk; the compiled step only gathers ``x1[perm]``. The host
+solve, not the device step, bounds the rate (``benchmarks/train_speed.py``): the pipeline
+overlaps it with the step and spreads it over the host's cores (``host_workers``).
 """
 
 from __future__ import annotations
@@ -429,7 +435,7 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         checkpoint_every: int | None = None, keep_checkpoints: int | None = 2,
         progress: bool = False, devices: Sequence[jax.Device] | None = None,
         mesh: Mesh | None = None, shard_coupling: str = "global",
-        handle_sigterm: bool = True):
+        handle_sigterm: bool = True, host_workers: int | None = None):
     r"""Train a velocity network by flow matching; return ``(model, history)``.
 
     Loss of one step (``n = batch_size``, :math:`t_i \sim U[0, 1]` i.i.d.):
@@ -485,6 +491,13 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
             cheaper, scales, but it is minibatch OT at batch ``batch_size / n_devices``.
         handle_sigterm: with a ``checkpoint_dir``, on SIGTERM finish the current chunk,
             save and raise :class:`Preempted` (exit code 143).
+        host_workers: exact OT with a host solver (``coupling="ot"``, solver ``"pot"``,
+            ``"scipy"`` or ``"auto"`` on CPU; one process, one device or
+            ``shard_coupling="global"``): number of host threads that solve the
+            assignments of the *next* chunk while the device trains the current one.
+            Default: the number of CPU cores (at most 8). ``0`` solves each assignment
+            inside the step through a blocking ``jax.pure_callback`` instead. The result
+            does not depend on it (the assignments are the same deterministic solutions).
 
     Returns:
         ``(model, history)``: ``model`` is an NNX module, a velocity callable ``v(t, x)``
@@ -526,6 +539,10 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay!r}")
     if not (float(sigma) >= 0.0 and np.isfinite(sigma)):
         raise ValueError(f"`sigma` must be a finite number >= 0, got {sigma!r}")
+    if host_workers is not None and (isinstance(host_workers, bool) or not isinstance(
+            host_workers, (int, np.integer)) or host_workers < 0):
+        raise ValueError(f"`host_workers` must be a non-negative integer or None, got "
+                         f"{host_workers!r}")
     steps, batch_size = int(steps), int(batch_size)
     ema_decay, sigma = float(ema_decay), float(sigma)
     coupling_kwargs = dict(coupling_kwargs or {})
@@ -609,6 +626,16 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
             resumed_from = int(_to_host(state.step))
     every = int(checkpoint_every or steps_per_call)
 
+    # -- exact OT on host threads, one chunk ahead ---------------------------------------
+    host_solve = None
+    if (coupling == "ot" and host_workers != 0 and jax.process_count() == 1
+            and (n_dev == 1 or shard_coupling == "global")
+            and set(coupling_kwargs) <= {"solver"}):
+        from . import couplings as _couplings
+
+        host_solve = _couplings._host_solver(coupling_kwargs.get("solver", "auto"))
+    workers = (min(8, os.cpu_count() or 1) if host_workers is None else int(host_workers))
+
     # -- the compiled chunk --------------------------------------------------------------
     chunk = int(min(steps_per_call, steps))
     if jnp.issubdtype(data_key.dtype, jax.dtypes.prng_key):
@@ -620,9 +647,14 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
                        coupling=coupling, coupling_kwargs=tuple(sorted(coupling_kwargs.items())),
                        sigma=sigma, ema_decay=ema_decay, chunk=chunk, mesh=mesh,
                        shard_coupling=shard_coupling, optimizer=optimizer, key_impl=key_impl,
-                       wrap=_wrap_step)
+                       wrap=_wrap_step, prefetch=host_solve is not None)
     run_chunk = _compiled_chunk(cfg, src0, src1)
     key_rep = _replicate(key_data, mesh)
+    pipe = (None if host_solve is None else
+            _AssignmentPipeline(_compiled_chunk(cfg._replace(wrap="draw"), src0, src1),
+                                host_solve, workers, chunk, batch_size,
+                                lambda start: _replicate(np.int32(start), mesh), key_rep,
+                                data0, data1, mesh))
 
     # -- host loop -----------------------------------------------------------------------
     sigterm = threading.Event()
@@ -638,14 +670,25 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
     losses, indices = [], []
     step = int(_to_host(state.step))
     timed_steps, timed_seconds, n_chunks = 0, 0.0, 0
+
+    def chunk_length(start: int) -> int:
+        next_ckpt = (start // every + 1) * every
+        return min(chunk, steps - start, next_ckpt - start)
+
     try:
         while step < steps:
-            next_ckpt = (step // every + 1) * every
-            n_active = min(chunk, steps - step, next_ckpt - step)
+            n_active = chunk_length(step)
             tic = time.perf_counter()
+            perms = None
+            if pipe is not None:
+                perms = pipe.result(step, n_active)
+                if step + n_active < steps:  # drawn before this chunk is queued
+                    pipe.draw(step + n_active, chunk_length(step + n_active))
             state, chunk_loss = run_chunk(state, _replicate(np.int32(step), mesh),
                                           _replicate(np.int32(n_active), mesh),
-                                          key_rep, rest, data0, data1)
+                                          key_rep, rest, data0, data1, perms)
+            if pipe is not None:
+                pipe.solve_ahead()  # host threads solve the next chunk while it trains
             chunk_loss = _to_host(chunk_loss)[:n_active]
             toc = time.perf_counter()
             n_chunks += 1
@@ -666,6 +709,8 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
             if sigterm.is_set():
                 raise Preempted(step)
     finally:
+        if pipe is not None:
+            pipe.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
         if bar is not None:
@@ -710,6 +755,7 @@ class _ChunkConfig(NamedTuple):
     optimizer: Any
     key_impl: Any
     wrap: Any
+    prefetch: bool = False
 
 
 _CHUNK_CACHE: dict = {}
@@ -739,6 +785,27 @@ def _build_chunk(cfg: _ChunkConfig, src0: _Source, src1: _Source) -> Callable:
     graphdef, path, dtype, batch_size = cfg.graphdef, cfg.path, cfg.dtype, cfg.batch_size
     sigma, ema_decay, optimizer, chunk = cfg.sigma, cfg.ema_decay, cfg.optimizer, cfg.chunk
     batch_sharding = NamedSharding(cfg.mesh, P("data", None))
+    key_impl = cfg.key_impl
+    rep = NamedSharding(cfg.mesh, P())
+
+    def draw(index, data_key, data0, data1):
+        """The two independent batches of step ``index`` and the keys of its other draws."""
+        k0, k1, kt, kc, kn = jax.random.split(jax.random.fold_in(data_key, index), 5)
+        x0 = jax.lax.with_sharding_constraint(src0.draw(k0, batch_size, data0), batch_sharding)
+        x1 = jax.lax.with_sharding_constraint(src1.draw(k1, batch_size, data1), batch_sharding)
+        return x0, x1, kt, kc, kn
+
+    def as_key(key_data):
+        return key_data if key_impl is None else jax.random.wrap_key_data(key_data,
+                                                                          impl=key_impl)
+
+    if cfg.wrap == "draw":  # the batches of a chunk, for the host assignment pipeline
+        def draw_chunk(start, key_data, data0, data1):
+            idx = start + jnp.arange(chunk, dtype=jnp.int32)
+            return jax.lax.map(lambda i: draw(i, as_key(key_data), data0, data1)[:2], idx)
+
+        return jax.jit(draw_chunk, out_shardings=rep)
+
     couple_fn = _make_coupling(cfg.coupling, dict(cfg.coupling_kwargs), cfg.mesh,
                                cfg.shard_coupling)
 
@@ -756,12 +823,12 @@ def _build_chunk(cfg: _ChunkConfig, src0: _Source, src1: _Source) -> Callable:
         return jnp.mean(jnp.sum((v.astype(dtype) - target) ** 2, axis=-1))
 
     def one_step(state: TrainState, inputs, data_key, rest, data0, data1):
-        index, active = inputs
-        k = jax.random.fold_in(data_key, index)
-        k0, k1, kt, kc, kn = jax.random.split(k, 5)
-        x0 = jax.lax.with_sharding_constraint(src0.draw(k0, batch_size, data0), batch_sharding)
-        x1 = jax.lax.with_sharding_constraint(src1.draw(k1, batch_size, data1), batch_sharding)
-        x0, x1 = couple_fn(kc, x0, x1)
+        index, active, perm = inputs
+        x0, x1, kt, kc, kn = draw(index, data_key, data0, data1)
+        if perm is None:
+            x0, x1 = couple_fn(kc, x0, x1)
+        else:  # exact OT solved on the host ahead of time (``_AssignmentPipeline``)
+            x1 = jax.lax.with_sharding_constraint(x1[perm], batch_sharding)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, rest, x0, x1, kt, kn)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -772,21 +839,70 @@ def _build_chunk(cfg: _ChunkConfig, src0: _Source, src1: _Source) -> Callable:
         return new, loss
 
     step_fn = cfg.wrap(one_step)
-    key_impl = cfg.key_impl
 
-    def run_chunk(state, start, n_active, key_data, rest, data0, data1):
-        data_key = key_data if key_impl is None else jax.random.wrap_key_data(key_data,
-                                                                               impl=key_impl)
+    def run_chunk(state, start, n_active, key_data, rest, data0, data1, perms):
+        data_key = as_key(key_data)
         idx = start + jnp.arange(chunk, dtype=jnp.int32)
         active = jnp.arange(chunk, dtype=jnp.int32) < n_active
         # Optax mixes Python floats with int32 counters: allow standard promotion while
         # tracing (user code running under jax_numpy_dtype_promotion="strict" stays strict).
         with jax.numpy_dtype_promotion("standard"):
             return jax.lax.scan(lambda s, inp: step_fn(s, inp, data_key, rest, data0, data1),
-                                state, (idx, active))
+                                state, (idx, active, perms))
 
-    rep = NamedSharding(cfg.mesh, P())
     return jax.jit(run_chunk, donate_argnums=(0,), out_shardings=rep)
+
+
+class _AssignmentPipeline:
+    """Exact minibatch OT one chunk ahead: the batches of the next chunk are drawn on the
+    device (the same ``(key, step)`` draws as inside the step), copied to the host, and
+    their assignments solved by ``workers`` threads while the device trains the current
+    chunk (POT and SciPy release the GIL). ``result`` hands the permutations, shape
+    ``(chunk, batch)``, to the compiled chunk, which gathers ``x1[perm]``."""
+
+    def __init__(self, draw_fn, solve, workers, chunk, batch, put_start, key, data0, data1,
+                 mesh):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.draw_fn, self.solve, self.chunk, self.batch = draw_fn, solve, chunk, batch
+        self.put_start, self.key, self.data0, self.data1 = put_start, key, data0, data1
+        self.mesh, self.workers = mesh, max(1, workers)
+        self.pool = ThreadPoolExecutor(self.workers) if workers > 0 else None
+        self.drawn = None  # (start, n, device arrays)
+        self.pending = None  # (start, n, futures)
+
+    def draw(self, start: int, n: int) -> None:
+        self.drawn = (start, n, self.draw_fn(self.put_start(start), self.key, self.data0,
+                                             self.data1))
+
+    def _solve_block(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+        return np.stack([self.solve(a, b) for a, b in zip(x0, x1, strict=True)])
+
+    def solve_ahead(self) -> None:
+        if self.drawn is None:
+            return
+        start, n, (x0, x1) = self.drawn
+        self.drawn = None
+        x0, x1 = _to_host(x0)[:n], _to_host(x1)[:n]
+        size = -(-n // (4 * self.workers))  # about four blocks per thread
+        blocks = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        futures = [self.pool.submit(self._solve_block, x0[lo:hi], x1[lo:hi])
+                   for lo, hi in blocks]
+        self.pending = (start, n, futures)
+
+    def result(self, start: int, n: int) -> jax.Array:
+        if self.pending is None or self.pending[:2] != (start, n):
+            self.draw(start, n)
+            self.solve_ahead()
+        _, _, futures = self.pending
+        self.pending = None
+        perms = np.tile(np.arange(self.batch, dtype=np.int32), (self.chunk, 1))
+        perms[:n] = np.concatenate([f.result() for f in futures])
+        return _replicate(perms, self.mesh)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _wrap_step(step_fn: Callable) -> Callable:
