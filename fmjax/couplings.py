@@ -129,10 +129,17 @@ def _host_solver(solver: str) -> Any:
     solver that runs inside the compiled program (``"auction"``, ``"hungarian"``).
 
     :func:`fmjax.fit` uses it to solve the assignments of coming steps on host threads
-    while the device trains (the results are the same as through :func:`couple`).
+    while the device trains (the results are the same as through :func:`couple`). There
+    ``"auto"`` means a host solver on every backend (POT, else SciPy): pipelined, the host
+    solve overlaps the device step instead of blocking it.
     """
     if solver == "auto":
-        solver = _auto_solver()
+        try:
+            import ot  # noqa: F401
+        except ImportError:
+            solver = "scipy"
+        else:
+            solver = "pot"
     if solver == "pot":
         try:
             import ot  # noqa: F401

@@ -491,10 +491,11 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
             cheaper, scales, but it is minibatch OT at batch ``batch_size / n_devices``.
         handle_sigterm: with a ``checkpoint_dir``, on SIGTERM finish the current chunk,
             save and raise :class:`Preempted` (exit code 143).
-        host_workers: exact OT with a host solver (``coupling="ot"``, solver ``"pot"``,
-            ``"scipy"`` or ``"auto"`` on CPU; one process, one device or
-            ``shard_coupling="global"``): number of host threads that solve the
-            assignments of the *next* chunk while the device trains the current one.
+        host_workers: exact OT with a host solver (``coupling="ot"`` with solver
+            ``"auto"`` (here: POT, else SciPy, on every backend), ``"pot"`` or ``"scipy"``;
+            one process; one device or ``shard_coupling="global"``): number of host threads
+            that solve the assignments of the *next* chunk while the device trains the
+            current one.
             Default: the number of CPU cores (at most 8). ``0`` solves each assignment
             inside the step through a blocking ``jax.pure_callback`` instead. The result
             does not depend on it (the assignments are the same deterministic solutions).

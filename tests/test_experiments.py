@@ -143,7 +143,8 @@ def test_interpolants_tiny(tmp_path):
 # --------------------------------------------------------------------------------------
 def test_toy2d_tiny(tmp_path):
     cfg = toy2d.Config(tasks=("N->moons",), methods=("otfm",), seeds=1, steps=200,
-                       batch_size=128, n_eval=256, floor_reps=2, figure=False, progress=False)
+                       batch_size=128, n_eval=256, n_ref=512, floor_reps=2, figure=False,
+                       progress=False)
     res = toy2d.run(cfg, tmp_path)
     info = res["tasks"]["N->moons"]
     w2_source = math.sqrt(info["w2sq_source_target"])  # W2(N(0, I) sample, target sample)
@@ -155,6 +156,19 @@ def test_toy2d_tiny(tmp_path):
         assert r["w2"] > 0.5 * info["floor"]  # and not below the sampling floor
     md = (tmp_path / "results.md").read_text()
     assert "0.130 ± 0.016 (OT-CFM)" in md  # the published number is printed beside ours
+
+
+def test_exact_w2_matches_scipy_assignment():
+    """_common.exact_w2 (POT network simplex) against SciPy's exact assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) * 1.5 + 0.3
+    cost = ((a[:, None] - b[None]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    assert abs(_common.exact_w2(a, b) - math.sqrt(cost[r, c].mean())) < 1e-9
+    with pytest.raises(ValueError, match="same shape"):
+        _common.exact_w2(a, b[:10])
 
 
 # --------------------------------------------------------------------------------------
