@@ -154,6 +154,10 @@ def test_toy2d_tiny(tmp_path):
         # even 200 steps move the samples most of the way: far below the untrained W2
         assert r["w2"] < 0.5 * w2_source, (r["method"], r["w2"], w2_source)
         assert r["w2"] > 0.5 * info["floor"]  # and not below the sampling floor
+        # Benamou-Brenier on the Euler grid: E = sum |dx|^2 / dt >= mean |T(x) - x|^2
+        # (Jensen) >= W2^2(x0, T(x0)) (the identity pairing is one coupling).
+        assert r["energy"] >= r["w2sq_realised"] * (1 - 1e-6)
+        assert r["npe_realised"] < 0.05  # OT-FM: nearly optimal for its own endpoints
     md = (tmp_path / "results.md").read_text()
     assert "0.130 ± 0.016 (OT-CFM)" in md  # the published number is printed beside ours
 
