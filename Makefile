@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-strict lint venv clean bench docs
+.PHONY: demo test test-strict lint venv clean bench docs peers bench-peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/closed_form.py
 	$(PY) benchmarks/flows.py
 	$(PY) benchmarks/train_speed.py
+
+# The peers compared in benchmarks/train_speed.py: CPU torch and torchcfm 1.0.7 (installed
+# without its own pins, which would pull a CUDA build of torch).
+peers: $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0 torchdiffeq
+	$(PY) -m pip install -q --no-deps torchcfm==1.0.7 torchdyn==1.0.6
+
+# The training-speed and time-to-quality tables with torchcfm in the same run.
+bench-peers: peers
+	$(PY) -m benchmarks.train_speed --xla-threads 1 --peer-ttq
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

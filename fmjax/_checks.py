@@ -36,6 +36,17 @@ def concrete(x: Any) -> np.ndarray | None:
         return None
 
 
+def require(ok: Any, msg: str, carrier: Any) -> Any:
+    """Raise ``ValueError(msg)`` now if ``ok`` is concretely False anywhere; if ``ok`` is
+    traced, thread an ``eqx.error_if`` check through ``carrier`` (use the return value)."""
+    c = concrete(ok)
+    if c is not None:
+        if not bool(np.all(c)):
+            raise ValueError(msg)
+        return carrier
+    return eqx.error_if(carrier, ~jnp.all(ok), msg)
+
+
 def _describe(x: Any) -> str:
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", type(x).__name__)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +43,7 @@ from ._typing import (
     VelocityField,
     WeightsLike,
 )
-from .paths import AffinePath, Linear, Trigonometric
+from .paths import AffinePath, Linear, Trigonometric, _require_path
 
 __all__ = [
     "gaussian_velocity",
@@ -66,24 +65,10 @@ _LINEAR = Linear()  # default path (paths are immutable, so a shared instance is
 # ----------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------
-def _check_path(path) -> AffinePath:
-    if not isinstance(path, AffinePath):
-        raise ValueError(
-            f"`path` must be an fmjax path (fm.Linear(), fm.Trigonometric(), fm.affine_path(a, b)),"
-            f" got {type(path).__name__}"
-        )
-    return path
+_check_path = _require_path
 
 
-def _require(ok, msg: str, carrier):
-    """Raise ``ValueError(msg)`` now if ``ok`` is concretely False; else thread an
-    ``eqx.error_if`` check through ``carrier`` (returned)."""
-    c = _checks.concrete(ok)
-    if c is not None:
-        if not bool(np.all(c)):
-            raise ValueError(msg)
-        return carrier
-    return eqx.error_if(carrier, ~jnp.all(ok), msg)
+_require = _checks.require
 
 
 def _point_and_time(t, x):

@@ -204,3 +204,11 @@ class Trigonometric(AffinePath):
 
 jax.tree_util.register_static(Linear)
 jax.tree_util.register_static(Trigonometric)
+
+
+def _require_path(path: object, name: str = "path") -> AffinePath:
+    """``path`` itself if it is an :class:`AffinePath`, else a ValueError naming ``name``."""
+    if not isinstance(path, AffinePath):
+        raise ValueError(f"`{name}` must be an fmjax path (fm.Linear(), fm.Trigonometric(), "
+                         f"fm.affine_path(a, b)), got {type(path).__name__}")
+    return path

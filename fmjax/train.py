@@ -56,7 +56,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _checks
-from .paths import AffinePath, Linear
+from .paths import AffinePath, Linear, _require_path
 
 __all__ = [
     "History",
@@ -521,9 +521,7 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         (200,)
     """
     t_start = time.perf_counter()
-    path = Linear() if path is None else path
-    if not isinstance(path, AffinePath):
-        raise ValueError(f"`path` must be an fmjax AffinePath, got {type(path).__name__}")
+    path = Linear() if path is None else _require_path(path)
     if coupling not in _COUPLINGS:
         raise ValueError(f"`coupling` must be one of {_COUPLINGS}, got {coupling!r}")
     if shard_coupling not in ("global", "local"):
