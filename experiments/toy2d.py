@@ -16,6 +16,8 @@ numbers, the W2 floor (two target samples of the same size) and the wall-clock p
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 import jax
@@ -131,11 +133,48 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
     w2sq_realised = _w2_fn(config)(x0_eval, pe.x) ** 2
     npe_realised = abs(energy - w2sq_realised) / w2sq_realised
     loss = np.asarray(history.loss)
+    sol = fm.integrate(model, x0_eval[: config.n_traj], solver="euler",
+                       steps=config.euler_steps, save_trajectory=True)
     return dict(task=task, method=method, seed=seed, w2=w2, npe=npe, energy=energy,
                 npe_realised=npe_realised, w2sq_realised=w2sq_realised,
                 seconds=tm.seconds, steps_per_s=config.steps / tm.seconds,
-                final_loss=float(loss[-min(100, loss.size):].mean()), model=model,
-                x1=np.asarray(pe.x))
+                final_loss=float(loss[-min(100, loss.size):].mean()),
+                x1=np.asarray(pe.x)[:2000], xs=np.asarray(sol.xs))
+
+
+class _RunLog:
+    """Finished runs on disk (``runs/TASK__METHOD__SEED.npz``, with the configuration's
+    fingerprint), so that an interrupted grid restarts where it stopped."""
+
+    def __init__(self, workdir: Path, config: Config):
+        self.dir = workdir / "runs"
+        fields = dataclasses.asdict(config)
+        for k in ("tasks", "methods", "seeds", "figure", "progress", "n_traj"):
+            fields.pop(k)
+        self.fingerprint = json.dumps(fields, sort_keys=True, default=str)
+
+    def _file(self, task: str, method: str, seed: int) -> Path:
+        return self.dir / f"{task.replace('->', '_to_')}__{method}__{seed}.npz"
+
+    def load(self, task: str, method: str, seed: int) -> dict | None:
+        f = self._file(task, method, seed)
+        if not f.exists():
+            return None
+        with np.load(f, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != self.fingerprint:
+                return None
+            rec = json.loads(str(z["record"]))
+            rec.update(x1=z["x1"], xs=z["xs"], resumed=True)
+        return rec
+
+    def save(self, r: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = self._file(r["task"], r["method"], r["seed"])
+        tmp = f.with_suffix(".tmp.npz")
+        record = {k: v for k, v in r.items() if k not in ("x1", "xs")}
+        np.savez(tmp, fingerprint=self.fingerprint, record=json.dumps(record), x1=r["x1"],
+                 xs=r["xs"])
+        os.replace(tmp, f)  # atomic: a killed run leaves no half-written record
 
 
 def run(config: Config, workdir: Path | str) -> dict:
@@ -144,7 +183,8 @@ def run(config: Config, workdir: Path | str) -> dict:
     for m in config.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
-    runs, task_info, last_models = [], {}, {}
+    runs, task_info, last_runs = [], {}, {}
+    log = _RunLog(workdir, config)
     grid = [(t, m, s) for t in config.tasks for m in config.methods for s in range(config.seeds)]
     bar = _common.progress(range(len(grid)), desc="toy2d runs", enabled=config.progress)
     it = iter(bar)
@@ -166,11 +206,16 @@ def run(config: Config, workdir: Path | str) -> dict:
                                    x1_eval=np.asarray(x1_eval))
             for method in config.methods:
                 for seed in range(config.seeds):
-                    r = run_one(task, method, seed, config, samplers, (x0_eval, x1_eval, w2sq))
-                    last_models[(task, method)] = (r.pop("model"), r.pop("x1"), x0_eval)
+                    r = log.load(task, method, seed)
+                    if r is None:
+                        r = run_one(task, method, seed, config, samplers,
+                                    (x0_eval, x1_eval, w2sq))
+                        log.save(r)
+                    last_runs[(task, method)] = (r.pop("x1"), r.pop("xs"))
                     runs.append(r)
                     next(it, None)
 
+    n_loaded = sum(bool(r.get("resumed")) for r in runs)
     # ---------------- table ----------------
     rows = []
     summary = {}
@@ -215,7 +260,7 @@ def run(config: Config, workdir: Path | str) -> dict:
     datasets_note = getattr(datasets, "TOY2D_NOTE", "")
     figures = []
     if config.figure:
-        figures.append(_figure(workdir, config, task_info, last_models))
+        figures.append(_figure(workdir, config, task_info, last_runs))
     results = dict(runs=runs, summary=summary,
                    tasks={k: {kk: vv for kk, vv in v.items() if kk != "x1_eval"}
                           for k, v in task_info.items()},
@@ -225,12 +270,15 @@ def run(config: Config, workdir: Path | str) -> dict:
         results=results,
         sections=[("Setup", setup + (" " + datasets_note if datasets_note else "")),
                   ("Results (mean ± std over seeds)", table),
-                  ("", f"Total wall-clock {total.seconds:.0f} s.")],
+                  ("", f"Total wall-clock {total.seconds:.0f} s."
+                       + (f" {n_loaded} of {len(runs)} runs were loaded from an earlier, "
+                          f"interrupted invocation ({log.dir}); their s / run is their own."
+                          if n_loaded else ""))],
         figures=figures)
     return results
 
 
-def _figure(workdir, config, task_info, last_models) -> str:
+def _figure(workdir, config, task_info, last_runs) -> str:
     plt = _common.pyplot()
     nt, nm = len(config.tasks), len(config.methods)
     fig, axes = plt.subplots(nt, nm, figsize=(3.3 * nm, 3.3 * nt), squeeze=False)
@@ -238,10 +286,7 @@ def _figure(workdir, config, task_info, last_models) -> str:
         tgt = task_info[task]["x1_eval"][:2000]
         for j, method in enumerate(config.methods):
             ax = axes[i, j]
-            model, x1, x0 = last_models[(task, method)]
-            sol = fm.integrate(model, x0[: config.n_traj], solver="euler",
-                               steps=config.euler_steps, save_trajectory=True)
-            xs = np.asarray(sol.xs)
+            x1, xs = last_runs[(task, method)]
             ax.scatter(tgt[:, 0], tgt[:, 1], s=1, c="0.8", rasterized=True)
             ax.scatter(x1[:2000, 0], x1[:2000, 1], s=1, c="tab:blue", alpha=0.5,
                        rasterized=True)

@@ -141,7 +141,7 @@ def test_interpolants_tiny(tmp_path):
 # --------------------------------------------------------------------------------------
 # toy2d
 # --------------------------------------------------------------------------------------
-def test_toy2d_tiny(tmp_path):
+def test_toy2d_tiny(tmp_path, monkeypatch):
     cfg = toy2d.Config(tasks=("N->moons",), methods=("otfm",), seeds=1, steps=200,
                        batch_size=128, n_eval=256, n_ref=512, floor_reps=2, figure=False,
                        progress=False)
@@ -160,6 +160,15 @@ def test_toy2d_tiny(tmp_path):
         assert r["npe_realised"] < 0.05  # OT-FM: nearly optimal for its own endpoints
     md = (tmp_path / "results.md").read_text()
     assert "0.130 ± 0.016 (OT-CFM)" in md  # the published number is printed beside ours
+
+    # A second invocation (as after a kill) loads the finished run instead of training.
+    def no_training(*a, **k):
+        raise AssertionError("fit called for a finished run")
+
+    monkeypatch.setattr(toy2d.fm, "fit", no_training)
+    again = toy2d.run(cfg, tmp_path)
+    assert again["runs"][0]["w2"] == res["runs"][0]["w2"] and again["runs"][0]["resumed"]
+    assert "1 of 1 runs were loaded" in (tmp_path / "results.md").read_text()
 
 
 def test_exact_w2_matches_scipy_assignment():
