@@ -239,7 +239,7 @@ def torchcfm_time_to_quality(judge, max_steps, every=2000, batch=256, sigma=0.1)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-5)
     fmatcher = ExactOptimalTransportConditionalFlowMatcher(sigma=sigma)
     x1_all = torch.from_numpy(np.array(eight_gaussians(jax.random.key(7), 200_000)))
-    x0_eval = torch.from_numpy(judge.x0)
+    x0_eval = torch.from_numpy(judge.x0.copy())
     n = x0_eval.shape[0]
     curve, train_seconds, steps = [], 0.0, 0
     while steps < max_steps:
