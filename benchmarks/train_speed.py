@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from scipy.optimize import linear_sum_assignment
 
 import fmjax as fm
 
@@ -59,17 +58,10 @@ def normal(key, n, dtype=jnp.float32):
 
 
 def w2(a, b):
-    """Exact empirical W2 (uniform weights): POT's network simplex if installed (several
-    times faster than SciPy at thousands of points), else SciPy's assignment."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    cost = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-    try:
-        import ot
-    except ImportError:
-        r, c = linear_sum_assignment(cost)
-        return float(np.sqrt(cost[r, c].mean()))
-    w = np.full(len(a), 1.0 / len(a))
-    return float(np.sqrt(ot.emd2(w, w, cost, numItermax=10_000_000)))
+    """Exact empirical W2 (uniform weights, POT's network simplex; the experiments' own)."""
+    from experiments._common import exact_w2
+
+    return exact_w2(a, b)
 
 
 def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwargs=None,

@@ -134,17 +134,10 @@ def _host_solver(solver: str) -> Any:
     solve overlaps the device step instead of blocking it.
     """
     if solver == "auto":
-        try:
-            import ot  # noqa: F401
-        except ImportError:
-            solver = "scipy"
-        else:
-            solver = "pot"
+        solver = "pot" if _have_pot() else "scipy"
     if solver == "pot":
-        try:
-            import ot  # noqa: F401
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ValueError("solver='pot' needs the POT package (`pip install pot`)") from e
+        if not _have_pot():  # pragma: no cover - depends on the environment
+            raise ValueError("solver='pot' needs the POT package (`pip install pot`)")
         return _pot_perm_host
     if solver == "scipy":
         return _scipy_perm_host
@@ -153,16 +146,20 @@ def _host_solver(solver: str) -> Any:
     raise ValueError(f"`solver` must be one of {OT_SOLVERS}, got {solver!r}")
 
 
+def _have_pot() -> bool:
+    try:
+        import ot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _auto_solver() -> str:
     """``"auction"`` on an accelerator backend (no host round trip), else POT's network
     simplex when POT is installed (fastest exact solver measured on CPU), else SciPy."""
     if jax.default_backend() != "cpu":
         return "auction"
-    try:
-        import ot  # noqa: F401
-    except ImportError:
-        return "scipy"
-    return "pot"
+    return "pot" if _have_pot() else "scipy"
 
 
 def auction_assignment(benefit: jax.Array, *, eps_final: float | jax.Array | None = None,

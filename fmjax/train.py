@@ -865,8 +865,8 @@ class _AssignmentPipeline:
 
         self.draw_fn, self.solve, self.chunk, self.batch = draw_fn, solve, chunk, batch
         self.put_start, self.key, self.data0, self.data1 = put_start, key, data0, data1
-        self.mesh, self.workers = mesh, max(1, workers)
-        self.pool = ThreadPoolExecutor(self.workers) if workers > 0 else None
+        self.mesh, self.workers = mesh, workers
+        self.pool = ThreadPoolExecutor(workers)
         self.drawn = None  # (start, n, device arrays)
         self.pending = None  # (start, n, futures)
 
@@ -900,8 +900,7 @@ class _AssignmentPipeline:
         return _replicate(perms, self.mesh)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _wrap_step(step_fn: Callable) -> Callable:
