@@ -11,6 +11,14 @@ numbers, the W2 floor (two target samples of the same size) and the wall-clock p
 
     python -m experiments.toy2d [--quick] [--workdir DIR] [--steps=N] [--seeds=K]
         [--tasks=N->8gaussians,N->moons] [--methods=ifm,otfm] [--n_eval=N]
+        [--merge=DIR1,DIR2] [--train=False]
+
+Every finished (task, method, seed) is stored under ``WORKDIR/runs/`` with the fingerprint
+of the protocol, so a killed grid restarts where it stopped. ``--merge`` reuses the finished
+runs of other workdirs run under the same protocol (their ``runs/`` and ``results.json``):
+seeds split over several batch jobs or sessions are combined into one table, and only the
+runs found nowhere are trained. ``--train=False`` builds the table from stored runs only.
+The grid goes seed by seed over all tasks, so a partial grid has whole seeds.
 """
 
 from __future__ import annotations
@@ -80,6 +88,8 @@ class Config:
     n_traj: int = 64  # trajectories drawn per panel
     figure: bool = True
     progress: bool = True
+    merge: tuple[str, ...] = ()  # other workdirs whose finished runs (same protocol) are reused
+    train: bool = True  # False: table from stored and merged runs only; missing ones listed
 
     @classmethod
     def quick(cls) -> Config:
@@ -142,16 +152,24 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
                 x1=np.asarray(pe.x)[:2000], xs=np.asarray(sol.xs))
 
 
+#: Config fields that do not change what one (task, method, seed) run computes.
+_NOT_PROTOCOL = ("tasks", "methods", "seeds", "figure", "progress", "n_traj", "merge", "train")
+
+
+def _fingerprint(fields: dict) -> str:
+    """The protocol of a config (a dataclass or its JSON dict): what a stored run must match."""
+    fields = {k: v for k, v in fields.items() if k not in _NOT_PROTOCOL}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
 class _RunLog:
     """Finished runs on disk (``runs/TASK__METHOD__SEED.npz``, with the configuration's
-    fingerprint), so that an interrupted grid restarts where it stopped."""
+    fingerprint), so that an interrupted grid restarts where it stopped; ``runs/tasks.json``
+    caches the per-task references (W2²(source, target), the W2 floor)."""
 
     def __init__(self, workdir: Path, config: Config):
-        self.dir = workdir / "runs"
-        fields = dataclasses.asdict(config)
-        for k in ("tasks", "methods", "seeds", "figure", "progress", "n_traj"):
-            fields.pop(k)
-        self.fingerprint = json.dumps(fields, sort_keys=True, default=str)
+        self.dir = Path(workdir) / "runs"
+        self.fingerprint = _fingerprint(dataclasses.asdict(config))
 
     def _file(self, task: str, method: str, seed: int) -> Path:
         return self.dir / f"{task.replace('->', '_to_')}__{method}__{seed}.npz"
@@ -176,46 +194,135 @@ class _RunLog:
                  xs=r["xs"])
         os.replace(tmp, f)  # atomic: a killed run leaves no half-written record
 
+    def load_task(self, task: str) -> dict | None:
+        f = self.dir / "tasks.json"
+        if not f.exists():
+            return None
+        d = json.loads(f.read_text())
+        return d.get(task) if d.get("fingerprint") == self.fingerprint else None
+
+    def save_task(self, task: str, info: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = self.dir / "tasks.json"
+        d = json.loads(f.read_text()) if f.exists() else {}
+        if d.get("fingerprint") != self.fingerprint:
+            d = {"fingerprint": self.fingerprint}
+        d[task] = info
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        os.replace(tmp, f)
+
+
+class _Merged:
+    """Finished runs of other workdirs (``--merge``) under the same protocol: their stored
+    ``runs/*.npz`` (with samples, for the figure) and the ``runs`` of their ``results.json``
+    (metrics only: runs made before runs were stored). A source whose per-task references
+    differ from this invocation's was evaluated on other data: that is an error."""
+
+    def __init__(self, dirs, config: Config):
+        self.logs, self.records, self.tasks = [], {}, []
+        fp = _fingerprint(dataclasses.asdict(config))
+        for d in dirs:
+            d = Path(d)
+            if not d.is_dir():
+                raise ValueError(f"`merge`: {str(d)!r} is not a directory")
+            self.logs.append(_RunLog(d, config))
+            res = d / "results.json"
+            if res.exists():
+                js = json.loads(res.read_text())
+                if _fingerprint(js.get("config", {})) != fp:
+                    raise ValueError(f"`merge`: {str(res)!r} was made under another protocol "
+                                     f"({_fingerprint(js.get('config', {}))}; this run: {fp})")
+                for r in js.get("runs", []):
+                    r = {k: v for k, v in r.items() if k not in ("resumed", "source")}
+                    self.records.setdefault((r["task"], r["method"], r["seed"]),
+                                            dict(r, resumed=True, source=str(d)))
+                self.tasks.append((str(res), js.get("tasks", {})))
+
+    def load(self, task: str, method: str, seed: int) -> dict | None:
+        for log in self.logs:
+            r = log.load(task, method, seed)
+            if r is not None:
+                return dict(r, source=str(log.dir.parent))
+        r = self.records.get((task, method, seed))
+        return dict(r) if r is not None else None
+
+    def check_task(self, task: str, info: dict) -> None:
+        for src, tasks in self.tasks:
+            other = tasks.get(task)
+            if other is None:
+                continue
+            for k in ("w2sq_source_target", "floor"):
+                a, b = float(other[k]), float(info[k])
+                if abs(a - b) > 1e-6 * max(abs(a), abs(b)):
+                    raise ValueError(f"`merge`: {src!r} has {k} = {a!r} for {task}, this "
+                                     f"invocation {b!r}: its runs were evaluated on other data")
+
+
+def _task_info(task: str, config: Config, log: _RunLog) -> dict:
+    """Evaluation data and references of one task (the references cached in ``log``)."""
+    samplers = _task(task)
+    kx, ky, kf = jax.random.split(jax.random.PRNGKey(12345), 3)
+    x0_eval = samplers[0](kx, config.n_eval)
+    x1_eval = samplers[1](ky, config.n_eval)
+    info = log.load_task(task)
+    if info is None:
+        # NPE reference: W2 between finite samples is biased upwards (about +7% in W2²
+        # at 1,000 vs 10,000 points on 8 Gaussians -> moons), so it is estimated on
+        # n_ref >= n_eval points, exactly, whatever n_eval is.
+        kr0, kr1 = jax.random.split(jax.random.fold_in(kx, 1))
+        n_ref = max(config.n_ref, config.n_eval)
+        w2sq = float(_w2_fn(config)(samplers[0](kr0, n_ref), samplers[1](kr1, n_ref))) ** 2
+        floor, floor_sd = _common.w2_floor(samplers[1], kf, config.n_eval,
+                                           reps=config.floor_reps, w2=_w2_fn(config))
+        info = dict(w2sq_source_target=w2sq, floor=floor, floor_sd=floor_sd)
+        log.save_task(task, info)
+    return dict(info, samplers=samplers, x0_eval=x0_eval, x1_eval=np.asarray(x1_eval))
+
 
 def run(config: Config, workdir: Path | str) -> dict:
-    """Run the benchmark grid; write results.{json,md} and the sample/trajectory grid."""
+    """Run the benchmark grid; write results.{json,md} and the sample/trajectory grid.
+
+    Runs found in ``workdir/runs`` or in the ``config.merge`` workdirs are reused, not
+    trained; with ``config.train=False`` nothing is trained and missing runs are listed.
+    """
     workdir = Path(workdir)
     for m in config.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
-    runs, task_info, last_runs = [], {}, {}
+    for t in config.tasks:
+        _task(t)
+    runs, task_info, last_runs, missing = [], {}, {}, []
     log = _RunLog(workdir, config)
-    grid = [(t, m, s) for t in config.tasks for m in config.methods for s in range(config.seeds)]
+    merged = _Merged(config.merge, config)
+    # Seed-major: a grid stopped part-way has whole seeds over all tasks and methods.
+    grid = [(t, m, s) for s in range(config.seeds) for t in config.tasks for m in config.methods]
     bar = _common.progress(range(len(grid)), desc="toy2d runs", enabled=config.progress)
     it = iter(bar)
     with _common.Timer() as total:
         for task in config.tasks:
-            samplers = _task(task)
-            kx, ky, kf = jax.random.split(jax.random.PRNGKey(12345), 3)
-            x0_eval = samplers[0](kx, config.n_eval)
-            x1_eval = samplers[1](ky, config.n_eval)
-            # NPE reference: W2 between finite samples is biased upwards (about +7% in W2²
-            # at 1,000 vs 10,000 points on 8 Gaussians -> moons), so it is estimated on
-            # n_ref >= n_eval points, exactly, whatever n_eval is.
-            kr0, kr1 = jax.random.split(jax.random.fold_in(kx, 1))
-            n_ref = max(config.n_ref, config.n_eval)
-            w2sq = float(_w2_fn(config)(samplers[0](kr0, n_ref), samplers[1](kr1, n_ref))) ** 2
-            floor, floor_sd = _common.w2_floor(samplers[1], kf, config.n_eval,
-                                               reps=config.floor_reps, w2=_w2_fn(config))
-            task_info[task] = dict(w2sq_source_target=w2sq, floor=floor, floor_sd=floor_sd,
-                                   x1_eval=np.asarray(x1_eval))
-            for method in config.methods:
-                for seed in range(config.seeds):
-                    r = log.load(task, method, seed)
-                    if r is None:
-                        r = run_one(task, method, seed, config, samplers,
-                                    (x0_eval, x1_eval, w2sq))
-                        log.save(r)
-                    last_runs[(task, method)] = (r.pop("x1"), r.pop("xs"))
-                    runs.append(r)
-                    next(it, None)
+            task_info[task] = _task_info(task, config, log)
+            merged.check_task(task, task_info[task])
+        for task, method, seed in grid:
+            info = task_info[task]
+            r = log.load(task, method, seed) or merged.load(task, method, seed)
+            if r is None and config.train:
+                r = run_one(task, method, seed, config, info["samplers"],
+                            (info["x0_eval"], info["x1_eval"], info["w2sq_source_target"]))
+                log.save(r)
+            next(it, None)
+            if r is None:
+                missing.append(f"{task}/{method}/seed {seed}")
+                continue
+            x1, xs = r.pop("x1", None), r.pop("xs", None)
+            if x1 is not None:
+                last_runs[(task, method)] = (x1, xs)  # the figure shows the last seed stored
+            runs.append(r)
+        runs.sort(key=lambda r: (config.tasks.index(r["task"]),
+                                 config.methods.index(r["method"]), r["seed"]))
 
     n_loaded = sum(bool(r.get("resumed")) for r in runs)
+    sources = sorted({r["source"] for r in runs if r.get("source")})
     # ---------------- table ----------------
     rows = []
     summary = {}
@@ -227,18 +334,22 @@ def run(config: Config, workdir: Path | str) -> dict:
             pw2 = pub["w2"].get(task)
             pnpe = pub["npe"].get(task)
             w2s, npes = [r["w2"] for r in rs], [r["npe"] for r in rs]
-            summary[f"{task}/{method}"] = dict(w2_mean=float(np.mean(w2s)),
-                                               npe_mean=float(np.mean(npes)),
-                                               seconds_mean=float(np.mean([r["seconds"] for r in rs])))
-            rows.append([TASK_LABELS.get(task, task), METHODS[method][2], _fmt_pm(w2s),
-                         f"{pw2[0]:.3f} ± {pw2[1]:.3f} ({PUBLISHED_FOR[method]})" if pw2 else "–",
-                         f"{info['floor']:.3f} ± {info['floor_sd']:.3f}",
-                         _fmt_pm(npes), f"{pnpe:.3f}" if pnpe is not None else "–",
-                         _fmt_pm([r["npe_realised"] for r in rs], 4),
-                         _fmt_pm([r["seconds"] for r in rs], 1),
-                         f"{np.mean([r['steps_per_s'] for r in rs]):,.0f}"])
+            if rs:
+                summary[f"{task}/{method}"] = dict(
+                    w2_mean=float(np.mean(w2s)), npe_mean=float(np.mean(npes)),
+                    seconds_mean=float(np.mean([r["seconds"] for r in rs])), seeds=len(rs))
+            cells = ([_fmt_pm(w2s)] if rs else ["–"]) + [
+                f"{pw2[0]:.3f} ± {pw2[1]:.3f} ({PUBLISHED_FOR[method]})" if pw2 else "–",
+                f"{info['floor']:.3f} ± {info['floor_sd']:.3f}"]
+            cells += ([_fmt_pm(npes)] if rs else ["–"]) + [f"{pnpe:.3f}" if pnpe is not None
+                                                          else "–"]
+            cells += ([_fmt_pm([r["npe_realised"] for r in rs], 4),
+                       _fmt_pm([r["seconds"] for r in rs], 1),
+                       f"{np.mean([r['steps_per_s'] for r in rs]):,.0f}"] if rs else
+                      ["–"] * 3)
+            rows.append([TASK_LABELS.get(task, task), METHODS[method][2], str(len(rs))] + cells)
     table = _common.markdown_table(
-        ["task", "method", f"W2 (n={config.n_eval:,})", "W2 published (n=10,000)",
+        ["task", "method", "seeds", f"W2 (n={config.n_eval:,})", "W2 published (n=10,000)",
          f"W2 floor (n={config.n_eval:,})", "NPE", "NPE published", "NPE of the realised map",
          "s / run", "steps/s"],
         rows)
@@ -261,8 +372,8 @@ def run(config: Config, workdir: Path | str) -> dict:
     figures = []
     if config.figure:
         figures.append(_figure(workdir, config, task_info, last_runs))
-    results = dict(runs=runs, summary=summary,
-                   tasks={k: {kk: vv for kk, vv in v.items() if kk != "x1_eval"}
+    results = dict(runs=runs, summary=summary, missing=missing,
+                   tasks={k: {kk: v[kk] for kk in ("w2sq_source_target", "floor", "floor_sd")}
                           for k, v in task_info.items()},
                    seconds=total.seconds)
     _common.write_outputs(
@@ -270,12 +381,21 @@ def run(config: Config, workdir: Path | str) -> dict:
         results=results,
         sections=[("Setup", setup + (" " + datasets_note if datasets_note else "")),
                   ("Results (mean ± std over seeds)", table),
-                  ("", f"Total wall-clock {total.seconds:.0f} s."
-                       + (f" {n_loaded} of {len(runs)} runs were loaded from an earlier, "
-                          f"interrupted invocation ({log.dir}); their s / run is their own."
-                          if n_loaded else ""))],
+                  ("", _provenance(total.seconds, runs, n_loaded, log, sources, missing))],
         figures=figures)
     return results
+
+
+def _provenance(seconds, runs, n_loaded, log, sources, missing) -> str:
+    text = f"Total wall-clock of this invocation {seconds:.0f} s."
+    if n_loaded:
+        text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded from "
+                 f"{log.dir}" + (" and merged from " + ", ".join(sources) if sources else "")
+                 + "; each run's s / run is its own.")
+    if missing:
+        text += (f" Not run (--train=False), left out of the table: {len(missing)} runs ("
+                 + ", ".join(missing) + ").")
+    return text
 
 
 def _figure(workdir, config, task_info, last_runs) -> str:
@@ -286,19 +406,22 @@ def _figure(workdir, config, task_info, last_runs) -> str:
         tgt = task_info[task]["x1_eval"][:2000]
         for j, method in enumerate(config.methods):
             ax = axes[i, j]
-            x1, xs = last_runs[(task, method)]
             ax.scatter(tgt[:, 0], tgt[:, 1], s=1, c="0.8", rasterized=True)
+            if i == 0:
+                ax.set_title(METHODS[method][2], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(TASK_LABELS.get(task, task), fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if (task, method) not in last_runs:  # only metrics stored for this cell
+                ax.text(0.5, 0.5, "no stored samples", ha="center", transform=ax.transAxes)
+                continue
+            x1, xs = last_runs[(task, method)]
             ax.scatter(x1[:2000, 0], x1[:2000, 1], s=1, c="tab:blue", alpha=0.5,
                        rasterized=True)
             for k in range(xs.shape[1]):
                 ax.plot(xs[:, k, 0], xs[:, k, 1], lw=0.5, color="tab:olive", alpha=0.8)
             ax.scatter(xs[0, :, 0], xs[0, :, 1], s=4, c="k")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(METHODS[method][2], fontsize=9)
-            if j == 0:
-                ax.set_ylabel(TASK_LABELS.get(task, task), fontsize=9)
     fig.tight_layout()
     return _common.savefig(fig, workdir, "samples_trajectories", dpi=70)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -165,10 +166,39 @@ def test_toy2d_tiny(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("fit called for a finished run")
 
+    real_fit = toy2d.fm.fit
     monkeypatch.setattr(toy2d.fm, "fit", no_training)
     again = toy2d.run(cfg, tmp_path)
     assert again["runs"][0]["w2"] == res["runs"][0]["w2"] and again["runs"][0]["resumed"]
-    assert "1 of 1 runs were loaded" in (tmp_path / "results.md").read_text()
+    assert "1 of 1 runs were not trained by it" in (tmp_path / "results.md").read_text()
+
+    # --merge: seeds split over workdirs. Report-only lists what is missing, trains nothing.
+    other = tmp_path / "other"
+    two = dataclasses.replace(cfg, seeds=2, merge=(str(tmp_path),), train=False)
+    part = toy2d.run(two, other)
+    assert [r["seed"] for r in part["runs"]] == [0] and part["missing"] == [
+        "N->moons/otfm/seed 1"]
+    assert part["runs"][0]["w2"] == res["runs"][0]["w2"]
+    assert part["tasks"] == res["tasks"]  # the references are recomputed identically
+    # ... and with training on, only the run found nowhere is trained.
+    calls = []
+
+    def counting_fit(*a, **k):
+        calls.append(1)
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(toy2d.fm, "fit", counting_fit)
+    full = toy2d.run(dataclasses.replace(two, train=True), other)
+    assert len(calls) == 1 and [r["seed"] for r in full["runs"]] == [0, 1]
+    assert full["runs"][1]["w2"] != full["runs"][0]["w2"] and not full["missing"]
+    # A source with metrics only (results.json of a run made before runs/ existed) merges
+    # too; one made under another protocol is refused by name.
+    shutil.rmtree(tmp_path / "runs")
+    only_json = toy2d.run(dataclasses.replace(two, merge=(str(tmp_path),), train=False),
+                          tmp_path / "third")
+    assert only_json["runs"][0]["w2"] == res["runs"][0]["w2"] and len(only_json["missing"]) == 1
+    with pytest.raises(ValueError, match="another protocol"):
+        toy2d.run(dataclasses.replace(two, steps=100), tmp_path / "fourth")
 
 
 def test_exact_w2_matches_scipy_assignment():
