@@ -159,6 +159,13 @@ def test_toy2d_tiny(tmp_path, monkeypatch):
         # (Jensen) >= W2^2(x0, T(x0)) (the identity pairing is one coupling).
         assert r["energy"] >= r["w2sq_realised"] * (1 - 1e-6)
         assert r["npe_realised"] < 0.05  # OT-FM: nearly optimal for its own endpoints
+    # The blurred reference W2²(a, b + sigma z) on the same draws: the pairing b_i <-> b_i +
+    # sigma z_i bounds |W2(a, b + sigma z) - W2(a, b)| by sigma (mean |z|²)^1/2 ~ sigma sqrt(2).
+    gap = abs(math.sqrt(info["w2sq_source_blurred"]) - w2_source)
+    assert 0 < gap < 1.2 * cfg.sigma * math.sqrt(2), gap
+    ref_b = info["w2sq_source_blurred"]
+    assert math.isclose(res["summary"]["N->moons/otfm"]["npe_blurred_mean"],
+                        abs(res["runs"][0]["energy"] - ref_b) / ref_b, rel_tol=1e-12)
     md = (tmp_path / "results.md").read_text()
     assert "0.130 ± 0.016 (OT-CFM)" in md  # the published number is printed beside ours
 
