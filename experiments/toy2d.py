@@ -106,10 +106,12 @@ def _w2_fn(config: Config):
 
 
 def _task(name: str):
-    """(sample_x0, sample_x1) for a task name, from ``fmjax.datasets``."""
-    if name not in datasets.TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(datasets.TASKS)}")
-    return datasets.TASKS[name]
+    """(sample_x0, sample_x1) for a task name: one of ``fmjax.datasets.TASKS`` (the four
+    published tasks) or any ``"SOURCE->TARGET"`` of ``fmjax.datasets.SAMPLERS`` names."""
+    if "->" not in name:
+        raise ValueError(f"task {name!r} is not 'SOURCE->TARGET'; published tasks: "
+                         f"{sorted(datasets.TASKS)}, samplers: {sorted(datasets.SAMPLERS)}")
+    return datasets.get(name)
 
 
 def _fmt_pm(vals: list[float], digits: int = 3) -> str:

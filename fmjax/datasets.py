@@ -270,7 +270,8 @@ TASKS: dict[str, tuple[Sampler, Sampler]] = {
 
 def get(name: str) -> Sampler | tuple[Sampler, Sampler]:
     """A sampler by name (``"8gaussians"``, ``"moons"``, ...) or a task pair by name
-    (``"N->moons"``: ``(source, target)``).
+    (``"N->moons"``: ``(source, target)``): the four benchmark tasks of :data:`TASKS`, or any
+    ``"SOURCE->TARGET"`` of two sampler names (``"spirals->checkerboard"``).
 
     Example:
         >>> import jax, fmjax as fm
@@ -282,5 +283,8 @@ def get(name: str) -> Sampler | tuple[Sampler, Sampler]:
         return TASKS[name]
     if name in SAMPLERS:
         return SAMPLERS[name]
+    source, arrow, target = name.partition("->")
+    if arrow and source in SAMPLERS and target in SAMPLERS:
+        return SAMPLERS[source], SAMPLERS[target]
     raise ValueError(f"unknown dataset `name`={name!r}; samplers: {sorted(SAMPLERS)}, "
-                     f"tasks: {sorted(TASKS)}")
+                     f"tasks: {sorted(TASKS)} or 'SOURCE->TARGET' of two samplers")

@@ -121,6 +121,14 @@ def test_tasks_and_registry():
     assert src is ds.eight_gaussians and tgt is ds.moons
     with pytest.raises(ValueError, match="unknown dataset"):
         ds.get("nope")
+    # any SOURCE->TARGET pair of sampler names, beyond the four published tasks
+    src, tgt = ds.get("spirals->checkerboard")
+    assert src is ds.spirals and tgt is ds.checkerboard
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(ds.get("N->circles")[0](key, 5), ds.standard_normal(2)(key, 5))
+    for bad_name in ("N->nope", "nope->moons", "N->", "N->moons->circles"):
+        with pytest.raises(ValueError, match="SOURCE->TARGET"):
+            ds.get(bad_name)
 
 
 def test_digits_and_split():
