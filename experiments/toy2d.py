@@ -14,7 +14,9 @@ numbers, the W2 floor (two target samples of the same size) and the wall-clock p
         [--merge=DIR1,DIR2] [--train=False]
 
 Every finished (task, method, seed) is stored under ``WORKDIR/runs/`` with the fingerprint
-of the protocol, so a killed grid restarts where it stopped. ``--merge`` reuses the finished
+of the protocol, and the run in training is checkpointed every ``checkpoint_every`` steps
+under ``WORKDIR/checkpoints/``, so a killed grid restarts where it stopped, to the same
+numbers. ``--merge`` reuses the finished
 runs of other workdirs run under the same protocol (their ``runs/`` and ``results.json``):
 seeds split over several batch jobs or sessions are combined into one table, and only the
 runs found nowhere are trained. ``--train=False`` builds the table from stored runs only.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -88,6 +91,7 @@ class Config:
     n_traj: int = 64  # trajectories drawn per panel
     figure: bool = True
     progress: bool = True
+    checkpoint_every: int = 2000  # steps between checkpoints of the run in training; 0: none
     merge: tuple[str, ...] = ()  # other workdirs whose finished runs (same protocol) are reused
     train: bool = True  # False: table from stored and merged runs only; missing ones listed
 
@@ -121,8 +125,13 @@ def _fmt_pm(vals: list[float], digits: int = 3) -> str:
     return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
 
 
-def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_data) -> dict:
-    """Train one (task, method, seed) and evaluate W2 and NPE on ``eval_data``."""
+def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_data,
+            checkpoint_dir: Path | None = None) -> dict:
+    """Train one (task, method, seed) and evaluate W2 and NPE on ``eval_data``.
+
+    With ``checkpoint_dir`` (and ``config.checkpoint_every > 0``) training is checkpointed
+    there and resumes from the latest checkpoint it finds (bitwise the same result).
+    """
     coupling, path, _ = METHODS[method]
     sample_x0, sample_x1 = samplers
     x0_eval, x1_eval, w2sq_src_tgt = eval_data
@@ -135,7 +144,10 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
             steps=config.steps, batch_size=config.batch_size, model=model,
             optimizer=optax.adamw(config.lr, weight_decay=config.weight_decay),
             optimizer_name=f"adamw(lr={config.lr}, wd={config.weight_decay})",
-            progress=config.progress)
+            progress=config.progress,
+            **(dict(checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
+                    keep_checkpoints=1)
+               if checkpoint_dir is not None and config.checkpoint_every > 0 else {}))
     pe = fm.path_energy(model, x0_eval, solver="euler", steps=config.euler_steps)
     w2 = _w2_fn(config)(pe.x, x1_eval)
     energy = float(pe.energy)
@@ -149,13 +161,15 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
                        steps=config.euler_steps, save_trajectory=True)
     return dict(task=task, method=method, seed=seed, w2=w2, npe=npe, energy=energy,
                 npe_realised=npe_realised, w2sq_realised=w2sq_realised,
-                seconds=tm.seconds, steps_per_s=config.steps / tm.seconds,
+                seconds=tm.seconds, resumed_from=history.resumed_from,
+                steps_per_s=(config.steps - (history.resumed_from or 0)) / tm.seconds,
                 final_loss=float(loss[-min(100, loss.size):].mean()),
                 x1=np.asarray(pe.x)[:2000], xs=np.asarray(sol.xs))
 
 
 #: Config fields that do not change what one (task, method, seed) run computes.
-_NOT_PROTOCOL = ("tasks", "methods", "seeds", "figure", "progress", "n_traj", "merge", "train")
+_NOT_PROTOCOL = ("tasks", "methods", "seeds", "figure", "progress", "n_traj", "merge", "train",
+                 "checkpoint_every")
 
 
 def _fingerprint(fields: dict) -> str:
@@ -175,6 +189,10 @@ class _RunLog:
 
     def _file(self, task: str, method: str, seed: int) -> Path:
         return self.dir / f"{task.replace('->', '_to_')}__{method}__{seed}.npz"
+
+    def checkpoint_dir(self, task: str, method: str, seed: int) -> Path:
+        """Where the run in training keeps its checkpoints (removed once it is stored)."""
+        return self.dir.parent / "checkpoints" / self._file(task, method, seed).stem
 
     def load(self, task: str, method: str, seed: int) -> dict | None:
         f = self._file(task, method, seed)
@@ -305,6 +323,9 @@ def run(config: Config, workdir: Path | str) -> dict:
             raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
     for t in config.tasks:
         _task(t)
+    if config.checkpoint_every < 0:
+        raise ValueError(f"`checkpoint_every` must be >= 0 (0: no checkpoints), got "
+                         f"{config.checkpoint_every}")
     runs, task_info, last_runs, missing = [], {}, {}, []
     log = _RunLog(workdir, config)
     merged = _Merged(config.merge, config)
@@ -320,9 +341,12 @@ def run(config: Config, workdir: Path | str) -> dict:
             info = task_info[task]
             r = log.load(task, method, seed) or merged.load(task, method, seed)
             if r is None and config.train:
+                ckpt = log.checkpoint_dir(task, method, seed)
                 r = run_one(task, method, seed, config, info["samplers"],
-                            (info["x0_eval"], info["x1_eval"], info["w2sq_source_target"]))
+                            (info["x0_eval"], info["x1_eval"], info["w2sq_source_target"]),
+                            checkpoint_dir=ckpt)
                 log.save(r)
+                shutil.rmtree(ckpt, ignore_errors=True)
             next(it, None)
             if r is None:
                 missing.append(f"{task}/{method}/seed {seed}")
@@ -410,6 +434,10 @@ def run(config: Config, workdir: Path | str) -> dict:
 
 def _provenance(seconds, runs, n_loaded, log, sources, missing) -> str:
     text = f"Total wall-clock of this invocation {seconds:.0f} s."
+    mid = [r for r in runs if r.get("resumed_from")]
+    if mid:
+        text += (f" {len(mid)} runs resumed mid-training from a checkpoint; their s / run "
+                 f"counts the steps after it only.")
     if n_loaded:
         text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded from "
                  f"{log.dir}" + (" and merged from " + ", ".join(sources) if sources else "")

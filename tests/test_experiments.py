@@ -145,7 +145,7 @@ def test_interpolants_tiny(tmp_path):
 def test_toy2d_tiny(tmp_path, monkeypatch):
     cfg = toy2d.Config(tasks=("N->moons",), methods=("otfm",), seeds=1, steps=200,
                        batch_size=128, n_eval=256, n_ref=512, floor_reps=2, figure=False,
-                       progress=False)
+                       progress=False, checkpoint_every=0)
     res = toy2d.run(cfg, tmp_path)
     info = res["tasks"]["N->moons"]
     w2_source = math.sqrt(info["w2sq_source_target"])  # W2(N(0, I) sample, target sample)
@@ -206,6 +206,24 @@ def test_toy2d_tiny(tmp_path, monkeypatch):
     assert only_json["runs"][0]["w2"] == res["runs"][0]["w2"] and len(only_json["missing"]) == 1
     with pytest.raises(ValueError, match="another protocol"):
         toy2d.run(dataclasses.replace(two, steps=100), tmp_path / "fourth")
+
+    # A run killed after its step-100 checkpoint resumes there, to the numbers of the run
+    # above (which had no checkpoints, so neither do chunks cut at checkpoints matter).
+    def killed_then_resumed(*a, **k):
+        assert str(k["checkpoint_dir"]).startswith(str(tmp_path / "killed" / "checkpoints"))
+        real_fit(*a, **dict(k, steps=100))  # the process that died after step 100 was saved
+        model, history = real_fit(*a, **k)
+        assert history.resumed_from == 100
+        return model, history
+
+    monkeypatch.setattr(toy2d.fm, "fit", killed_then_resumed)
+    resumed = toy2d.run(dataclasses.replace(cfg, checkpoint_every=100), tmp_path / "killed")
+    assert resumed["runs"][0]["w2"] == res["runs"][0]["w2"]
+    assert resumed["runs"][0]["energy"] == res["runs"][0]["energy"]
+    assert resumed["runs"][0]["resumed_from"] == 100
+    assert not any((tmp_path / "killed" / "checkpoints").iterdir())  # removed once stored
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        toy2d.run(dataclasses.replace(cfg, checkpoint_every=-1), tmp_path / "fifth")
 
 
 def test_exact_w2_matches_scipy_assignment():
