@@ -439,9 +439,12 @@ def _provenance(seconds, runs, n_loaded, log, sources, missing) -> str:
         text += (f" {len(mid)} runs resumed mid-training from a checkpoint; their s / run "
                  f"counts the steps after it only.")
     if n_loaded:
-        text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded from "
-                 f"{log.dir}" + (" and merged from " + ", ".join(sources) if sources else "")
-                 + "; each run's s / run is its own.")
+        n_merged = sum(bool(r.get("source")) for r in runs)
+        parts = ([f"{n_loaded - n_merged} from this workdir's {log.dir} (an earlier invocation)"]
+                 if n_loaded > n_merged else [])
+        parts += [f"{n_merged} merged from " + ", ".join(sources)] if n_merged else []
+        text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded: "
+                 + "; ".join(parts) + ". Each run's s / run is its own.")
     if missing:
         text += (f" Not run (--train=False), left out of the table: {len(missing)} runs ("
                  + ", ".join(missing) + ").")
