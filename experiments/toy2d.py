@@ -286,12 +286,12 @@ def _task_info(task: str, config: Config, log: _RunLog) -> dict:
     x0_eval = samplers[0](kx, config.n_eval)
     x1_eval = samplers[1](ky, config.n_eval)
     info = log.load_task(task)
+    # NPE reference: W2 between finite samples is biased upwards (about +7% in W2² at
+    # 1,000 vs 10,000 points on 8 Gaussians -> moons), so it is estimated on n_ref >=
+    # n_eval points, exactly, whatever n_eval is.
+    kr0, kr1 = jax.random.split(jax.random.fold_in(kx, 1))
+    n_ref = max(config.n_ref, config.n_eval)
     if info is None:
-        # NPE reference: W2 between finite samples is biased upwards (about +7% in W2²
-        # at 1,000 vs 10,000 points on 8 Gaussians -> moons), so it is estimated on
-        # n_ref >= n_eval points, exactly, whatever n_eval is.
-        kr0, kr1 = jax.random.split(jax.random.fold_in(kx, 1))
-        n_ref = max(config.n_ref, config.n_eval)
         w2sq = float(_w2_fn(config)(samplers[0](kr0, n_ref), samplers[1](kr1, n_ref))) ** 2
         floor, floor_sd = _common.w2_floor(samplers[1], kf, config.n_eval,
                                            reps=config.floor_reps, w2=_w2_fn(config))
@@ -301,8 +301,6 @@ def _task_info(task: str, config: Config, log: _RunLog) -> dict:
         # With sigma > 0 the path's marginal at t = 1 is target * N(0, sigma^2 I) (its
         # noise does not vanish at t = 1): a reference for E that does not charge the
         # flow for the blur its loss asks for. Same draws as above, plus the blur.
-        kr0, kr1 = jax.random.split(jax.random.fold_in(kx, 1))
-        n_ref = max(config.n_ref, config.n_eval)
         x1 = samplers[1](kr1, n_ref)
         x1 = x1 + config.sigma * jax.random.normal(jax.random.fold_in(kx, 2), x1.shape, x1.dtype)
         info = dict(info, w2sq_source_blurred=info["w2sq_source_target"] if config.sigma == 0
