@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._errors import input_message
+
 __all__: list[str] = []  # private module
 
 # Relative tolerance for "weights sum to one" and "matrix is symmetric" checks.
@@ -24,6 +26,12 @@ _DEFAULT_TOL = 1e-9
 
 def _tol(dtype) -> float:
     return _SUM_TOL.get(np.dtype(dtype), _DEFAULT_TOL)
+
+
+def error_if(x: Any, pred: Any, msg: str) -> Any:
+    """``equinox.error_if`` for a check on an input value: under ``jit`` it is reported as a
+    ``ValueError`` by fmjax's entry points and :func:`fmjax.jit`."""
+    return eqx.error_if(x, pred, input_message(msg))
 
 
 def concrete(x: Any) -> np.ndarray | None:
@@ -44,7 +52,7 @@ def require(ok: Any, msg: str, carrier: Any) -> Any:
         if not bool(np.all(c)):
             raise ValueError(msg)
         return carrier
-    return eqx.error_if(carrier, ~jnp.all(ok), msg)
+    return error_if(carrier, ~jnp.all(ok), msg)
 
 
 def _describe(x: Any) -> str:
@@ -103,7 +111,7 @@ def check_finite(x: jax.Array, name: str) -> jax.Array:
             bad = int(np.sum(~np.isfinite(c.astype(np.float64))))
             raise ValueError(f"`{name}` has {bad} non-finite (NaN or inf) entries, {_describe(x)}")
         return x
-    return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` has NaN or inf entries")
+    return error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` has NaN or inf entries")
 
 
 def as_time(t: Any, name: str = "t", *, dtype: Any = None, low: float = 0.0,
@@ -124,7 +132,7 @@ def as_time(t: Any, name: str = "t", *, dtype: Any = None, low: float = 0.0,
         if not (low <= v <= high):
             raise ValueError(f"`{name}` must lie in [{low}, {high}], got {name}={v!r}")
         return arr
-    return eqx.error_if(arr, ~((arr >= low) & (arr <= high)),
+    return error_if(arr, ~((arr >= low) & (arr <= high)),
                         f"`{name}` must lie in [{low}, {high}] (or is NaN)")
 
 
@@ -178,7 +186,7 @@ def check_cov(S: Any, name: str, d: int | None = None, *, dtype: Any = None,
     # Traced: Cholesky of a non-PD matrix is NaN; the caller's own Cholesky would also
     # catch it, but checking here names the argument.
     L = jnp.linalg.cholesky(arr)
-    return eqx.error_if(arr, ~jnp.all(jnp.isfinite(L)), f"`{name}` is not positive definite")
+    return error_if(arr, ~jnp.all(jnp.isfinite(L)), f"`{name}` is not positive definite")
 
 
 def check_weights(w: Any, name: str, k: int | None = None, *, dtype: Any = None) -> jax.Array:
@@ -199,4 +207,49 @@ def check_weights(w: Any, name: str, k: int | None = None, *, dtype: Any = None)
             raise ValueError(f"`{name}` must sum to 1, sums to {s:.6g}")
         return arr
     bad = jnp.any(arr < 0) | (jnp.abs(jnp.sum(arr) - 1) > tol)
-    return eqx.error_if(arr, bad, f"`{name}` must be non-negative and sum to 1")
+    return error_if(arr, bad, f"`{name}` must be non-negative and sum to 1")
+
+
+def positive_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False
+                 ) -> int | None:
+    """``value`` as a Python ``int >= minimum`` (``None`` passes if ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) \
+            or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"`{name}` must be {kind}{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A JAX PRNG key: a typed key array of shape ``()`` (``jax.random.key``) or a legacy
+    ``uint32[2]`` raw key (``jax.random.PRNGKey``); anything else is a ``ValueError``."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"`{name}` must be a single PRNG key (shape ()), got a key array "
+                             f"of shape {key.shape}; split it and pass one key")
+        return key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and tuple(key.shape) == (2,):
+        return key  # legacy raw key
+    got = (f"{type(key).__name__} {key!r}" if dtype is None else f"an array with "
+           f"{_describe(key)}")
+    raise ValueError(f"`{name}` must be a JAX PRNG key such as jax.random.key(0), got {got}")
+
+
+def check_points(x: Any, name: str, *, point_shape: tuple[int, ...] | None = None,
+                 allow_empty: bool = False, finite: bool = True) -> jax.Array:
+    """A batch of points of any shape ``(n, *point_shape)`` (flat ``(n, d)`` or images
+    ``(n, H, W, C)``), floating; ``point_shape`` fixes the shape of one point."""
+    arr = as_float_array(x, name, finite=finite)
+    if arr.ndim < 2:
+        raise ValueError(f"`{name}` must be a batch of points, shape (n, d) or "
+                         f"(n, *point_shape), got {_describe(arr)}")
+    if not allow_empty and arr.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch, shape {arr.shape}")
+    if point_shape is not None and tuple(arr.shape[1:]) != tuple(point_shape):
+        raise ValueError(f"`{name}` has points of shape {tuple(arr.shape[1:])} but "
+                         f"{tuple(point_shape)} was expected")
+    return arr

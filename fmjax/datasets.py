@@ -7,7 +7,7 @@ torchcfm code used for the 2-D benchmarks of Tong et al. (TMLR 2024; AISTATS 202
 - :func:`eight_gaussians`: ``torchcfm.utils.sample_8gaussians`` (scale 5, covariance
   ``sqrt(0.1) I``). Two other "8 Gaussians" exist around torchcfm (the runner's torchdyn
   ``gaussians``: radius 5, std 1; the DSB-style ``two_dim.py``: scale 4, std 0.5, times 3);
-  the W2 floor 0.227 (10k vs 10k) in REFERENCES.md is for this one.
+  the sampling floor of W2 quoted in the toy2d results is for this one.
 - :func:`moons`: ``torchcfm.utils.sample_moons`` = torchdyn ``generate_moons(n, noise=0.2)``
   ``* 3 - 1``. Note torchdyn's noise is ``U[0, noise)`` added to *both* coordinates (one
   draw per point), not sklearn's Gaussian noise; torchdyn also spaces the arc angles evenly
@@ -37,7 +37,7 @@ import numpy as np
 from ._typing import Batch, BatchLike, Key, Sampler
 
 __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
-           "standard_normal", "digits", "split", "get", "TASKS", "SAMPLERS"]
+           "StandardNormal", "standard_normal", "digits", "split", "get", "TASKS", "SAMPLERS"]
 
 
 def _check(n: Any, dtype: Any) -> tuple[int, Any]:
@@ -185,8 +185,40 @@ def spirals(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.5) -
     return sign[:, None] * (pts + u)
 
 
-def standard_normal(d: int = 2) -> Sampler:
-    """Sampler of ``N(0, I_d)``: ``standard_normal(d)(key, n, dtype) -> (n, d)``.
+class StandardNormal:
+    """Sampler of :math:`N(0, I_d)`: ``sample(key, n, dtype) -> (n, d)``, with its
+    log-density. Hashable by ``d`` (so repeated ``fit`` calls share compilations); a model
+    fit from it remembers it, so :func:`fmjax.sample` and :func:`fmjax.log_likelihood` use it
+    by default."""
+
+    is_standard_normal = True
+
+    def __init__(self, d: int):
+        self.dim = d
+        self.__name__ = self.__qualname__ = f"standard_normal_{d}"
+
+    def __call__(self, key: Key, n: int, dtype: Any = jnp.float32) -> Batch:
+        n, dtype = _check(n, dtype)
+        return jax.random.normal(key, (n, self.dim), dtype)
+
+    def log_density(self, x: jax.Array) -> jax.Array:
+        r""":math:`\log N(x; 0, I_d)` of one point ``x`` of shape ``(d,)``."""
+        return -0.5 * jnp.sum(x * x) - 0.5 * self.dim * jnp.log(
+            jnp.asarray(2.0 * np.pi, x.dtype))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StandardNormal) and other.dim == self.dim
+
+    def __hash__(self) -> int:
+        return hash(("StandardNormal", self.dim))
+
+    def __repr__(self) -> str:
+        return f"standard_normal({self.dim})"
+
+
+def standard_normal(d: int = 2) -> StandardNormal:
+    """Sampler of ``N(0, I_d)``: ``standard_normal(d)(key, n, dtype) -> (n, d)``; it also
+    has ``.log_density(x)`` and ``.dim``.
 
     Example:
         >>> import jax, fmjax as fm
@@ -195,13 +227,7 @@ def standard_normal(d: int = 2) -> Sampler:
     """
     if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
         raise ValueError(f"`d` must be a positive int, got {d!r}")
-
-    def sample(key: Key, n: int, dtype: Any = jnp.float32) -> Batch:
-        n, dtype = _check(n, dtype)
-        return jax.random.normal(key, (n, int(d)), dtype)
-
-    sample.__name__ = f"standard_normal_{d}"
-    return sample
+    return StandardNormal(int(d))
 
 
 def digits(dtype: Any = jnp.float32) -> Batch:

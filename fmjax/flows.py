@@ -1,14 +1,15 @@
-r"""Flows of velocity fields with Diffrax: ``integrate``, ``kinetic_energy``, ``log_likelihood``.
+r"""Flows of velocity fields with Diffrax: ``integrate`` and ``log_likelihood``.
 
-The flow of a velocity field :math:`v` (seed, "Flow of a vector field") solves
+The flow of a velocity field :math:`v` (the notes, "Flow of a vector field") solves
 
 .. math::
     \partial_t \varphi_t(x) = v(t, \varphi_t(x)), \qquad \varphi_0(x) = x.
 
-Every function here takes a per-point velocity ``v(t, x)`` (``x`` of shape ``(d,)``, scalar
-``t``, returns ``(d,)``) and a batch of points ``(n, d)``; the velocity is ``jax.vmap``-ed over
-the batch inside ONE ``diffrax.diffeqsolve`` on the ``(n, d)`` state, so an adaptive solver
-takes common steps for the whole batch (its error norm is an RMS over all particles).
+Every function here takes a per-point velocity ``v(t, x)`` (``x`` one point of any shape,
+``(d,)`` or an image ``(H, W, C)``, scalar ``t``, returns the shape of ``x``) and a batch of
+points ``(n, *point_shape)``; the velocity is ``jax.vmap``-ed over the batch inside ONE
+``diffrax.diffeqsolve``, so an adaptive solver takes common steps for the whole batch (its
+error norm is an RMS over all particles).
 
 Solvers (``solver=``):
 
@@ -20,12 +21,11 @@ Solvers (``solver=``):
 
 Passing ``steps`` with an adaptive solver name uses it on the fixed grid.
 
-Failure is never silent: a solve that reaches ``max_steps`` or produces NaN/inf raises
-(``throw=True``, the default, also under ``jax.jit``: an ``equinox.EquinoxRuntimeError``
-carrying the result message), or is reported in ``.result`` (``throw=False``), an item of
-:data:`FlowResults` (Diffrax's ``RESULTS``; a NaN/inf in the final state, which Diffrax's
-fixed-step solvers do not detect, is reported as ``FlowResults.nonfinite``); compare with
-``FlowResults.successful``.
+Failure is never silent. A solve that reaches ``max_steps``, produces NaN/inf, or blows up
+in finite time raises :class:`FlowError` when called eagerly (the message says where the
+solve stopped and why), raises at run time under a user's ``jax.jit`` (the
+:class:`FlowResults` message; see :func:`fmjax.jit`), or, with ``throw=False``, is reported
+in ``.result``, an item of :class:`FlowResults`; compare with ``FlowResults.successful``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
+from ._errors import FlowError, readable
 from ._typing import (
     Batch,
     BatchLike,
@@ -51,26 +52,29 @@ from ._typing import (
     VelocityField,
 )
 
-__all__ = [
-    "FlowResults",
-    "FlowSolution",
-    "PathEnergy",
-    "RK4",
-    "integrate",
-    "kinetic_energy",
-    "log_likelihood",
-    "normalized_path_energy",
-    "path_energy",
-]
+__all__ = ["FlowError", "FlowResults", "FlowSolution", "RK4", "integrate", "log_likelihood"]
 
 
 # ----------------------------------------------------------------------------------------
 # Result codes and solvers
 # ----------------------------------------------------------------------------------------
-#: Diffrax's result codes. ``integrate`` also reports ``FlowResults.nonfinite`` when the final
-#: state has a NaN/inf entry (Diffrax's fixed-step solvers do not notice one). Compare with
-#: ``bool(sol.result == FlowResults.successful)``.
-FlowResults = diffrax.RESULTS
+class FlowResults(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
+    """Diffrax's result codes, plus ``blowup``.
+
+    ``integrate`` reports ``FlowResults.nonfinite`` when the final state has a NaN/inf entry
+    (Diffrax's fixed-step solvers do not notice one) and ``FlowResults.blowup`` when the
+    step budget ran out while the state grew without bound (a flow that blows up in finite
+    time, which no step budget can integrate). Compare with
+    ``bool(sol.result == FlowResults.successful)``.
+    """
+
+    blowup = ("the state grew without bound before t1: the flow of this velocity blows up "
+              "in finite time (the velocity grows faster than linearly); a larger step "
+              "budget cannot help")
+
+#: Growth of max |x| over the solve beyond which a solve that ran out of steps is reported
+#: as a blow-up rather than as a step budget problem.
+_BLOWUP_GROWTH = 1e8
 
 
 _rk4_tableau = diffrax.ButcherTableau(
@@ -132,12 +136,18 @@ def _make_solver(solver: Any, steps: int | None) -> tuple[diffrax.AbstractSolver
         raise ValueError(f"`solver` must be a name or a diffrax.AbstractSolver, got "
                          f"{type(solver).__name__}")
     if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-            raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
+        _checks.positive_int(steps, "steps")
         return inst, False
     if not adaptive:
         raise ValueError(f"solver {solver!r} is fixed-step: pass `steps=N` (number of steps)")
     return inst, True
+
+
+def _is_adaptive(solver: Any) -> bool:
+    """Whether ``solver`` (a name or an instance) steps adaptively when ``steps`` is None."""
+    if isinstance(solver, str):
+        return _SOLVERS.get(solver.lower(), (None, False))[1]
+    return isinstance(solver, diffrax.AbstractAdaptiveSolver)
 
 
 def _evals_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int] | None:
@@ -202,23 +212,29 @@ def _check_times(t0, t1, dtype) -> tuple[jax.Array, jax.Array]:
     return t0, t1
 
 
-def _check_velocity(velocity: Callable, x0: jax.Array) -> None:
+def _check_velocity(velocity: Callable, x0: jax.Array, name: str = "x0") -> None:
     """Trace ``velocity`` once on one point (no FLOPs) and check its output."""
     t = jax.ShapeDtypeStruct((), x0.dtype)
     x = jax.ShapeDtypeStruct(x0.shape[1:], x0.dtype)
+    dim = getattr(velocity, "dim", None)
+    if isinstance(dim, int) and x0.ndim == 2 and x0.shape[1] != dim:
+        raise ValueError(f"`{name}` has points of d = {x0.shape[1]} but the velocity "
+                         f"{type(velocity).__name__} has dim = {dim}")
     try:
         out = jax.eval_shape(velocity, t, x)
     except Exception as e:
-        raise ValueError(f"`velocity` failed when called as v(t, x) with a scalar t and one "
-                         f"point x of shape {x.shape} and dtype {x.dtype}: {e}") from e
+        raise ValueError(f"the velocity {type(velocity).__name__} cannot be evaluated on the "
+                         f"points of `{name}` (one point: shape {x.shape}, dtype {x.dtype}; "
+                         f"called as v(t, x) with a scalar t): {e}") from e
     shape = getattr(out, "shape", None)
     if shape != x.shape:
-        raise ValueError(f"`velocity` must return shape {x.shape} for one point x of shape "
-                         f"{x.shape}, got {shape if shape is not None else type(out).__name__}"
-                         f" (the velocity is per point: fmjax vmaps it over the batch)")
+        raise ValueError(f"the velocity must return one velocity of the shape of a point of "
+                         f"`{name}`, {x.shape}, got "
+                         f"{shape if shape is not None else type(out).__name__} (the velocity "
+                         f"is per point: fmjax vmaps it over the batch)")
     if out.dtype != x0.dtype:
-        raise ValueError(f"`velocity` must return the dtype of x ({x0.dtype}), got {out.dtype}; "
-                         f"cast its parameters to x.dtype")
+        raise ValueError(f"the velocity must return the dtype of `{name}` ({x0.dtype}), got "
+                         f"{out.dtype}; cast its parameters to {x0.dtype}")
 
 
 def _time_grid(t0, t1, n, dtype):
@@ -265,68 +281,105 @@ class _Raw(NamedTuple):
     nfe: jax.Array
     num_steps: jax.Array
     result: Any
+    t_reached: jax.Array
+    size: jax.Array  # (max |x| at the start, max |x| at the end) of the first state leaf
+    accepted: jax.Array
+
+
+def _controller(inst, adaptive, steps, rtol, atol, t0, t1, max_steps, dtype):
+    _checks.positive_int(max_steps, "max_steps")
+    if adaptive:
+        # Tolerances as arrays: new values reuse the compiled solve.
+        return (diffrax.PIDController(rtol=jnp.asarray(rtol, dtype),
+                                      atol=jnp.asarray(atol, dtype)), None, max_steps)
+    # Uniform grid t0 + (t1 - t0) k / steps (Diffrax computes it as a fraction, no drift, and
+    # lands exactly on t1). dt0 is data, so a new step count reuses the compiled solve as
+    # long as it fits in the (static) step budget.
+    return (diffrax.ConstantStepSize(), (t1 - t0) / jnp.asarray(steps, dtype),
+            max(max_steps, int(steps)))
+
+
+def _classify(result, y0, y_final, ys):
+    """Promote Diffrax's result, flagging non-finite states and finite-time blow-up."""
+    leaves = jax.tree.leaves(y_final if ys is None else (y_final, ys))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
+    x0, x1 = jax.tree.leaves(y0)[0], jax.tree.leaves(y_final)[0]
+    size = jnp.stack([jnp.max(jnp.abs(x0)), jnp.max(jnp.abs(x1))])
+    result = FlowResults.promote(result)
+    grew = ~finite | (size[1] > _BLOWUP_GROWTH * (1 + size[0]))
+    result = FlowResults.where((result == FlowResults.max_steps_reached) & grew,
+                               FlowResults.blowup, result)
+    result = FlowResults.where((result == FlowResults.successful) & ~finite,
+                               FlowResults.nonfinite, result)
+    return result, size
 
 
 def _solve(rhs, packed, y0, t0, t1, *, extra=None, solver, steps, rtol, atol, save_ts,
-           max_steps, throw,
-           adjoint, dtype) -> _Raw:
+           max_steps, throw, adjoint, dtype, what="integrate") -> _Raw:
     """One diffeqsolve of ``dy/dt = rhs(velocity, t, y, extra)`` on the pytree state ``y0``.
 
     ``rhs`` must be a module-level function (it is part of Diffrax's jit cache key); arrays
-    it needs go in ``extra``.
+    it needs go in ``extra``. A failed solve raises :class:`FlowError` (eagerly) or at run
+    time (traced) when ``throw``; ``what`` names the caller in the message.
     """
     inst, adaptive = _make_solver(solver, steps)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}")
-    if adaptive:
-        # Tolerances as arrays: new values reuse the compiled solve.
-        controller = diffrax.PIDController(rtol=jnp.asarray(rtol, dtype),
-                                           atol=jnp.asarray(atol, dtype))
-        dt0 = None
-        n_max = max_steps
-    else:
-        # Uniform grid t0 + (t1 - t0) k / steps (Diffrax computes it as a fraction, no drift,
-        # and lands exactly on t1). dt0 is data, so a new step count reuses the compiled
-        # solve as long as it fits in the (static) step budget.
-        controller = diffrax.ConstantStepSize()
-        dt0 = (t1 - t0) / jnp.asarray(steps, dtype)
-        n_max = max(max_steps, int(steps))
-    sub_final = diffrax.SubSaveAt(t1=True)
-    if save_ts is None:
-        saveat = diffrax.SaveAt(subs=[sub_final])
-    else:
-        saveat = diffrax.SaveAt(subs=[sub_final, diffrax.SubSaveAt(ts=save_ts)])
+    controller, dt0, n_max = _controller(inst, adaptive, steps, rtol, atol, t0, t1,
+                                         max_steps, dtype)
+    subs = [diffrax.SubSaveAt(t1=True)]
+    if save_ts is not None:
+        subs.append(diffrax.SubSaveAt(ts=save_ts))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_field), inst, t0, t1, dt0, y0, args=(packed, rhs, extra),
-        saveat=saveat, stepsize_controller=controller, max_steps=n_max, throw=False,
-        adjoint=adjoint if adjoint is not None else diffrax.RecursiveCheckpointAdjoint(),
-    )
+        saveat=diffrax.SaveAt(subs=subs), stepsize_controller=controller, max_steps=n_max,
+        throw=False,
+        adjoint=adjoint if adjoint is not None else diffrax.RecursiveCheckpointAdjoint())
     y_final = jax.tree.map(lambda a: a[0], sol.ys[0])
-    ys = sol.ys[1] if save_ts is not None else None
-    ts = sol.ts[1] if save_ts is not None else None
-
+    ys, ts = (sol.ys[1], sol.ts[1]) if save_ts is not None else (None, None)
     num_steps = sol.stats["num_steps"]
     per = _evals_per_step(inst)
-    if per is None:
-        nfe = jnp.asarray(-1)
-    else:
-        # Diffrax's automatic initial step (adaptive case) costs 2 more evaluations.
-        nfe = per[0] * num_steps + per[1] + (2 if adaptive else 0)
+    # Diffrax's automatic initial step (adaptive case) costs 2 more evaluations.
+    nfe = (jnp.asarray(-1) if per is None
+           else per[0] * num_steps + per[1] + (2 if adaptive else 0))
+    result, size = _classify(sol.result, y0, y_final, ys)
+    raw = _Raw(y_final, ts, ys, nfe, num_steps, result, sol.ts[0][0], size,
+               sol.stats["num_accepted_steps"])
+    return _raise_on_failure(raw, what, t0, t1, n_max) if throw else raw
 
-    leaves = jax.tree.leaves(y_final if ys is None else (y_final, ys))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
-    result = sol.result
-    result = FlowResults.where(
-        (result == FlowResults.successful) & ~finite, FlowResults.nonfinite, result)
-    if throw:
-        y_final = result.error_if(y_final, result != FlowResults.successful)
-    return _Raw(y_final, ts, ys, nfe, num_steps, result)
+
+def _failure_message(raw: _Raw, what: str, t0, t1, max_steps: int) -> str:
+    t, span = float(raw.t_reached), f"[{float(t0):g}, {float(t1):g}]"
+    steps, acc = int(raw.num_steps), int(raw.accepted)
+    if raw.result == FlowResults.blowup:
+        return (f"{what}: the flow blows up before t1: the solve stopped at t = {t:.6g} of "
+                f"{span} after {steps:,} steps ({steps - acc:,} rejected) with max |x| = "
+                f"{float(raw.size[1]):.3g} (max |x| = {float(raw.size[0]):.3g} at the start). "
+                f"The velocity grows faster than linearly along the flow, so no step budget "
+                f"can reach t1: check the model and the time interval.")
+    if raw.result == FlowResults.nonfinite:
+        return (f"{what}: the state became non-finite (NaN or inf) on {span} after "
+                f"{steps:,} steps: the velocity returned NaN/inf, or the fixed step is too "
+                f"large for this velocity (use more `steps` or an adaptive solver).")
+    if raw.result == FlowResults.max_steps_reached:
+        return (f"{what}: the solve stopped at t = {t:.6g} of {span}: the step budget "
+                f"max_steps = {max_steps:,} was used up ({acc:,} accepted, {steps - acc:,} "
+                f"rejected steps). Raise `max_steps`, loosen `rtol`/`atol`, or use a "
+                f"fixed-step solver with `steps`.")
+    return f"{what}: the solve failed: {FlowResults[raw.result]}"
+
+
+def _raise_on_failure(raw: _Raw, what: str, t0, t1, max_steps: int) -> _Raw:
+    ok = _checks.concrete(raw.result == FlowResults.successful)
+    if ok is None:  # traced: a run-time error carrying the FlowResults message
+        return raw._replace(y=raw.result.error_if(raw.y, raw.result != FlowResults.successful))
+    if not bool(ok):
+        raise FlowError(_failure_message(raw, what, t0, t1, max_steps))
+    return raw
 
 
 def _prepare(velocity, x, name, t0, t1):
-    x = _checks.check_batch(x, name)
+    x = _checks.check_points(x, name)
     t0, t1 = _check_times(t0, t1, x.dtype)
-    _check_velocity(velocity, x)
+    _check_velocity(velocity, x, name)
     return x, t0, t1, _pack_velocity(velocity)
 
 
@@ -341,9 +394,9 @@ class FlowSolution(NamedTuple):
     """The output of :func:`integrate`.
 
     Attributes:
-        x: ``(n, d)`` points at ``t1``, :math:`\\varphi_{t_1}(x_0)`.
+        x: ``(n, *point_shape)`` points at ``t1``, :math:`\\varphi_{t_1}(x_0)`.
         ts: ``(T,)`` save times, or None when no trajectory was asked for.
-        xs: ``(T, n, d)`` trajectory at ``ts``, or None.
+        xs: ``(T, n, *point_shape)`` trajectory at ``ts``, or None.
         nfe: number of evaluations of the batched velocity (each one evaluates ``v`` on all
             ``n`` points); -1 for a solver whose cost per step is unknown.
         num_steps: solver steps taken (accepted and rejected).
@@ -376,6 +429,7 @@ class FlowSolution(NamedTuple):
         return self.result == FlowResults.successful
 
 
+@readable
 def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
               t1: ScalarLike = 1.0, solver: Any = "tsit5", steps: int | None = None,
               rtol: float = 1e-5, atol: float = 1e-5, saveat=None,
@@ -384,15 +438,16 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
     r"""Push a batch of points through the flow of ``velocity`` from ``t0`` to ``t1``.
 
     Solves :math:`\partial_t \varphi_t(x) = v(t, \varphi_t(x))`, :math:`\varphi_{t_0}(x) = x`
-    for every row of ``x0`` in one ``diffrax.diffeqsolve`` on the ``(n, d)`` state.
+    for every point of ``x0`` in one ``diffrax.diffeqsolve`` on the whole batch.
     ``t1 < t0`` integrates backward (e.g. from data to noise).
 
     Args:
-        velocity: per-point field ``v(t, x)``, ``x`` of shape ``(d,)``, scalar ``t`` (given
-            with ``x``'s dtype), returning ``(d,)`` of the same dtype. A closure, an
+        velocity: per-point field ``v(t, x)``, ``x`` one point (``(d,)`` or any shape),
+            scalar ``t`` (given with ``x``'s dtype), returning the shape and dtype of ``x``. A
+            closure, an
             ``equinox.Module`` or any callable pytree; its array leaves are differentiable
             (``jax.grad`` through ``integrate`` reaches them).
-        x0: ``(n, d)`` floating points at time ``t0``.
+        x0: ``(n, *point_shape)`` floating points at time ``t0``.
         t0, t1: start and end times (``t0 != t1``).
         solver: ``"tsit5"``, ``"dopri5"`` (adaptive), ``"euler"``, ``"heun"``,
             ``"midpoint"``, ``"rk4"`` (need ``steps``) or a diffrax solver instance.
@@ -403,9 +458,10 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
         save_trajectory: with ``saveat=None``, save the trajectory on the step grid
             (``steps + 1`` times) or at 101 equally spaced times (adaptive).
         max_steps: step budget (static: it sizes Diffrax's loop); raised to ``steps`` if smaller.
-        throw: raise (``equinox.EquinoxRuntimeError``, message from :class:`FlowResults`)
-            when the solve fails (max steps reached, NaN/inf). With ``throw=False`` the
-            failure is only reported in ``.result``: check ``sol.ok`` before using ``.x``.
+        throw: raise :class:`FlowError` when the solve fails (step budget reached, NaN/inf,
+            blow-up; under a user's ``jax.jit`` a run-time error with the
+            :class:`FlowResults` message). With ``throw=False`` the failure is only reported
+            in ``.result``: check ``sol.ok`` before using ``.x``.
         adjoint: Diffrax adjoint for reverse-mode autodiff (default
             ``RecursiveCheckpointAdjoint``: differentiate-through-the-solver).
 
@@ -414,7 +470,8 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
 
     Raises:
         ValueError: bad shapes/dtypes, ``t0 == t1``, a velocity that does not return
-            ``(d,)`` in ``x``'s dtype, a fixed-step solver without ``steps``.
+            the shape and dtype of a point of ``x0``, a fixed-step solver without ``steps``.
+        FlowError: the solve failed (with ``throw=True``).
 
     Example:
         The flow of the McCann velocity of :math:`T(x) = 2x + 1` is :math:`T` at ``t1 = 1``
@@ -430,144 +487,25 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
     save_ts = _saveat_ts(saveat, save_trajectory, t0, t1, steps, x0.dtype)
     raw = _solve(_batched, packed, x0, t0, t1, solver=solver, steps=steps, rtol=rtol,
                  atol=atol, save_ts=save_ts, max_steps=max_steps, throw=throw,
-                 adjoint=adjoint, dtype=x0.dtype)
+                 adjoint=adjoint, dtype=x0.dtype, what="integrate")
     return FlowSolution(raw.y, raw.ts, raw.ys, raw.nfe, raw.num_steps, raw.result)
-
-
-# ----------------------------------------------------------------------------------------
-# Kinetic energy
-# ----------------------------------------------------------------------------------------
-def _energy_rhs(velocity, t, y, extra):
-    x, _ = y
-    v = _batched(velocity, t, x)
-    return v, jnp.sum(v * v, axis=-1)
-
-
-class PathEnergy(NamedTuple):
-    """The output of :func:`path_energy`.
-
-    Attributes:
-        energy: scalar :math:`E`, mean of ``per_particle``.
-        per_particle: ``(n,)`` values of :math:`\\int_{t_0}^{t_1} \\|v_t(\\varphi_t(x))\\|^2 dt`.
-        x: ``(n, d)`` endpoints :math:`\\varphi_{t_1}(x_0)`.
-        nfe, num_steps, result: as in :class:`FlowSolution`.
-
-    Example:
-        >>> import jax.numpy as jnp, fmjax as fm
-        >>> v = fm.mccann_velocity(2.0 * jnp.eye(2), jnp.ones(2))  # T(x) = 2 x + 1
-        >>> x0 = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-        >>> out = fm.path_energy(v, x0, solver="euler", steps=2)
-        >>> out.per_particle.round(4).tolist()  # |T(x0) - x0|^2 = |x0 + 1|^2
-        [2.0, 5.0, 5.0, 8.0]
-        >>> round(float(out.energy), 4), out.x[3].round(4).tolist()
-        (5.0, [3.0, 3.0])
-    """
-
-    energy: Scalar
-    per_particle: Values
-    x: Batch
-    nfe: jax.Array
-    num_steps: jax.Array
-    result: Any
-
-
-def path_energy(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
-                t1: ScalarLike = 1.0, solver: Any = "tsit5", steps: int | None = None,
-                rtol: float = 1e-7, atol: float = 1e-7, max_steps: int = 4096,
-                throw: bool = True, adjoint: diffrax.AbstractAdjoint | None = None
-                ) -> PathEnergy:
-    r"""Kinetic energy of the flow and its endpoints, from one augmented ODE solve.
-
-    Integrates the state :math:`(x, e)` with :math:`\dot x = v(t, x)`,
-    :math:`\dot e = \|v(t, x)\|^2`, :math:`e(t_0) = 0`, so that
-
-    .. math::
-        E = \frac1n \sum_{i=1}^n \int_{t_0}^{t_1} \|v_t(\varphi_t(x_0^i))\|^2 \,dt
-        \approx \int_0^1 \int \|v_t\|^2 \,d\mu_t\,dt,
-
-    the Benamou--Brenier action of :math:`(\mu_t, v_t)` with :math:`\mu_t = (\varphi_t)_\#
-    \alpha` (seed, "Benamou-Brenier"): it equals :math:`W_2^2(\alpha, \beta)` for the McCann
-    velocity and is larger for any other field transporting :math:`\alpha` to :math:`\beta`.
-    Arguments as in :func:`integrate` (default tolerances 1e-7: the energy is an integral).
-    For ``t1 < t0`` the integral is taken over the reversed interval, still non-negative.
-
-    Example:
-        The McCann velocity of :math:`T(x) = 2x + 1`, an optimal map (the gradient of a
-        convex function): its energy is :math:`\mathbb{W}_2^2` between the points and their
-        images, the mean of :math:`\|T(x_0) - x_0\|^2 = \|x_0 + 1\|^2`, here
-        :math:`(2 + 5 + 5 + 8) / 4 = 5`. Its trajectories are straight lines at constant
-        speed, so a fixed-step solver is exact.
-
-        >>> import jax.numpy as jnp, fmjax as fm
-        >>> v = fm.mccann_velocity(2.0 * jnp.eye(2), jnp.ones(2))
-        >>> x0 = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-        >>> out = fm.path_energy(v, x0, solver="euler", steps=2)
-        >>> print(round(float(out.energy), 4), out.x.shape)
-        5.0 (4, 2)
-    """
-    x0, t0, t1, packed = _prepare(velocity, x0, "x0", t0, t1)
-    y0 = (x0, jnp.zeros(x0.shape[:1], x0.dtype))
-    raw = _solve(_energy_rhs, packed, y0, t0, t1, solver=solver, steps=steps, rtol=rtol,
-                 atol=atol, save_ts=None, max_steps=max_steps, throw=throw, adjoint=adjoint,
-                 dtype=x0.dtype)
-    x1, e = raw.y
-    e = jnp.abs(e)  # backward integration accumulates -integral
-    return PathEnergy(jnp.mean(e), e, x1, raw.nfe, raw.num_steps, raw.result)
-
-
-def kinetic_energy(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
-                   t1: ScalarLike = 1.0, solver: Any = "tsit5", steps: int | None = None,
-                   rtol: float = 1e-7, atol: float = 1e-7, max_steps: int = 4096,
-                   throw: bool = True) -> Scalar:
-    r"""Scalar kinetic energy :math:`E = \frac1n\sum_i \int \|v_t(\varphi_t(x_0^i))\|^2 dt`.
-
-    Same solve and arguments as :func:`path_energy`, which also returns the endpoints.
-
-    Example:
-        >>> import jax.numpy as jnp, fmjax as fm
-        >>> v = fm.mccann_velocity(2.0 * jnp.eye(2), jnp.ones(2))  # T(x) = 2 x + 1
-        >>> x0 = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-        >>> print(round(float(fm.kinetic_energy(v, x0, solver="euler", steps=2)), 4))
-        5.0
-    """
-    return path_energy(velocity, x0, t0=t0, t1=t1, solver=solver, steps=steps, rtol=rtol,
-                       atol=atol, max_steps=max_steps, throw=throw).energy
-
-
-def normalized_path_energy(energy: ScalarLike, w2_squared: ScalarLike) -> Scalar:
-    r"""Normalized path energy :math:`\mathrm{NPE} = |E - W_2^2| / W_2^2` (Tong et al., 2024).
-
-    Zero iff the flow's kinetic energy ``energy`` equals the squared Wasserstein distance
-    ``w2_squared`` (pass :math:`W_2^2`, not :math:`W_2`), i.e. the flow solves dynamic OT.
-
-    Example:
-        >>> import fmjax as fm
-        >>> print(round(float(fm.normalized_path_energy(1.1, 1.0)), 6))
-        0.1
-    """
-    energy = _checks.as_float_array(energy, "energy", ndim=0)
-    w2_squared = _checks.as_float_array(w2_squared, "w2_squared", ndim=0, dtype=energy.dtype)
-    c = _checks.concrete(w2_squared)
-    if c is not None:
-        if float(c) <= 0.0:
-            raise ValueError(f"`w2_squared` must be positive, got {float(c)!r}")
-    else:
-        w2_squared = eqx.error_if(w2_squared, w2_squared <= 0, "`w2_squared` must be positive")
-    return jnp.abs(energy - w2_squared) / w2_squared
 
 
 # ----------------------------------------------------------------------------------------
 # Likelihood
 # ----------------------------------------------------------------------------------------
 def _value_and_divergence(velocity, t, x, eps):
-    """``v(t, x)`` and its divergence (exact if ``eps`` is None, else Hutchinson with the
-    ``(k, d)`` probes ``eps``)."""
+    """``v(t, x)`` and its divergence for one point ``x`` of any shape: exact if ``eps`` is
+    None (one JVP per coordinate), else Hutchinson's estimate with the ``(k, *shape)``
+    probes ``eps``."""
     v, lin = jax.linearize(lambda z: velocity(t, z), x)
     if eps is None:
-        jac = jax.vmap(lin)(jnp.eye(x.shape[0], dtype=x.dtype))  # rows J e_i
+        size = x.size
+        basis = jnp.eye(size, dtype=x.dtype).reshape((size, *x.shape))
+        jac = jax.vmap(lin)(basis).reshape(size, size)  # rows J e_i (flattened)
         return v, jnp.trace(jac)
-    jv = jax.vmap(lin)(eps)  # (k, d)
-    return v, jnp.mean(jnp.sum(eps * jv, axis=-1))
+    jv = jax.vmap(lin)(eps)
+    return v, jnp.mean(jnp.sum((eps * jv).reshape(eps.shape[0], -1), axis=-1))
 
 
 def _div_exact_rhs(velocity, t, y, extra):
@@ -583,12 +521,47 @@ def _div_hutchinson_rhs(velocity, t, y, probes):
                     in_axes=(0, 1))(x, probes)
 
 
+def _base_density(velocity, log_density0, x1):
+    if log_density0 is None:
+        log_density0 = getattr(getattr(velocity, "source", None), "log_density", None)
+        if log_density0 is None:
+            raise ValueError("`log_density0` is required: the velocity does not remember a "
+                             "source with a known density (a model fit from "
+                             "fm.datasets.standard_normal(d) does); pass the base "
+                             "log-density x -> scalar")
+    if not callable(log_density0):
+        raise ValueError(f"`log_density0` must be a callable x -> scalar, got "
+                         f"{type(log_density0).__name__}")
+    out = jax.eval_shape(log_density0, jax.ShapeDtypeStruct(x1.shape[1:], x1.dtype))
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"`log_density0` must return a scalar for one point of shape "
+                         f"{x1.shape[1:]}, got shape {getattr(out, 'shape', None)}")
+    return log_density0
+
+
+def _probes(divergence, key, n_probes, probe, x1):
+    if divergence == "exact":
+        return None
+    if divergence != "hutchinson":
+        raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}")
+    if key is None:
+        raise ValueError("`key` is required for divergence='hutchinson'")
+    key = _checks.check_key(key)
+    shape = (_checks.positive_int(n_probes, "n_probes"), *x1.shape)
+    if probe == "rademacher":
+        return jax.random.rademacher(key, shape, dtype=x1.dtype)
+    if probe == "gaussian":
+        return jax.random.normal(key, shape, dtype=x1.dtype)
+    raise ValueError(f"`probe` must be 'rademacher' or 'gaussian', got {probe!r}")
+
+
+@readable
 def log_likelihood(velocity: VelocityField, x1: BatchLike,
-                   log_density0: Callable[[Vector], Scalar], *, divergence: str = "exact",
-                   key: Key | None = None, n_probes: int = 8, probe: str = "rademacher",
-                   t0: ScalarLike = 0.0, t1: ScalarLike = 1.0, solver: Any = "tsit5",
-                   steps: int | None = None, rtol: float = 1e-6, atol: float = 1e-6,
-                   max_steps: int = 4096, throw: bool = True) -> Values:
+                   log_density0: Callable[[Vector], Scalar] | None = None, *,
+                   divergence: str = "exact", key: Key | None = None, n_probes: int = 8,
+                   probe: str = "rademacher", t0: ScalarLike = 0.0, t1: ScalarLike = 1.0,
+                   solver: Any = "tsit5", steps: int | None = None, rtol: float = 1e-6,
+                   atol: float = 1e-6, max_steps: int = 4096, throw: bool = True) -> Values:
     r"""Log-density at ``x1`` of the pushforward of the base by the flow of ``velocity``.
 
     Instantaneous change of variables (Chen et al., 2018): integrating backward from
@@ -599,16 +572,19 @@ def log_likelihood(velocity: VelocityField, x1: BatchLike,
         \log p_{t_1}(x_1) = \log p_{t_0}(x(t_0)) + \ell(t_0)
         = \log p_{t_0}(x(t_0)) - \int_{t_0}^{t_1} \operatorname{div} v(t, x(t))\,dt.
 
-    The divergence is exact (``d`` Jacobian-vector products per point: small ``d``) or
-    Hutchinson's estimate :math:`\frac1k\sum_j \epsilon_j^\top J \epsilon_j` with ``n_probes``
-    Rademacher or Gaussian probes per point drawn once and fixed for the whole solve (so the
-    ODE is smooth); the result is then unbiased only up to the ODE error.
-    Differentiable w.r.t. ``x1`` and the velocity's parameters.
+    The divergence is exact (one Jacobian-vector product per coordinate of a point: small
+    points) or Hutchinson's estimate :math:`\frac1k\sum_j \epsilon_j^\top J \epsilon_j`
+    with ``n_probes`` Rademacher or Gaussian probes per point drawn once and fixed for the
+    whole solve (so the ODE is smooth; use it for images); the result is then unbiased only
+    up to the ODE error. Differentiable w.r.t. ``x1`` and the velocity's parameters.
 
     Args:
         velocity: per-point field ``v(t, x)`` as in :func:`integrate`.
-        x1: ``(n, d)`` points at time ``t1``.
-        log_density0: base log-density on one point, ``(d,) -> scalar``.
+        x1: ``(n, *point_shape)`` points at time ``t1``.
+        log_density0: base log-density on one point, ``x -> scalar``. Default: the density
+            of the source the velocity remembers (a model fit from
+            :func:`fmjax.datasets.standard_normal` has the standard normal one); a velocity
+            without one raises ``ValueError``.
         divergence: ``"exact"`` or ``"hutchinson"``.
         key: PRNG key (required for ``"hutchinson"``).
         n_probes: probes per point (Hutchinson).
@@ -632,33 +608,12 @@ def log_likelihood(velocity: VelocityField, x1: BatchLike,
         (1,) -3.9055
     """
     x1, t0, t1, packed = _prepare(velocity, x1, "x1", t0, t1)
-    if not callable(log_density0):
-        raise ValueError(f"`log_density0` must be a callable x -> scalar, got "
-                         f"{type(log_density0).__name__}")
-    out = jax.eval_shape(log_density0, jax.ShapeDtypeStruct(x1.shape[1:], x1.dtype))
-    if getattr(out, "shape", None) != ():
-        raise ValueError(f"`log_density0` must return a scalar for one point of shape "
-                         f"{x1.shape[1:]}, got shape {getattr(out, 'shape', None)}")
-    n, d = x1.shape
-    if divergence == "exact":
-        probes = None
-    elif divergence == "hutchinson":
-        if key is None:
-            raise ValueError("`key` is required for divergence='hutchinson'")
-        if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"`n_probes` must be a positive integer, got {n_probes!r}")
-        if probe == "rademacher":
-            probes = jax.random.rademacher(key, (n_probes, n, d), dtype=x1.dtype)
-        elif probe == "gaussian":
-            probes = jax.random.normal(key, (n_probes, n, d), dtype=x1.dtype)
-        else:
-            raise ValueError(f"`probe` must be 'rademacher' or 'gaussian', got {probe!r}")
-    else:
-        raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}")
-    y1 = (x1, jnp.zeros((n,), x1.dtype))
+    log_density0 = _base_density(velocity, log_density0, x1)
+    probes = _probes(divergence, key, n_probes, probe, x1)
+    y1 = (x1, jnp.zeros(x1.shape[:1], x1.dtype))
     rhs = _div_exact_rhs if probes is None else _div_hutchinson_rhs
     raw = _solve(rhs, packed, y1, t1, t0, extra=probes, solver=solver, steps=steps,
                  rtol=rtol, atol=atol, save_ts=None, max_steps=max_steps, throw=throw,
-                 adjoint=None, dtype=x1.dtype)
+                 adjoint=None, dtype=x1.dtype, what="log_likelihood")
     x0, ell = raw.y
     return jax.vmap(log_density0)(x0).astype(x1.dtype) + ell

@@ -6,12 +6,10 @@ r"""Static and dynamic optimal transport for the quadratic cost (seed, "Dynamica
 * McCann interpolation :math:`T_t = t T + (1 - t)\,\mathrm{Id}` (:func:`mccann_interpolation`)
   and, for an affine :math:`T`, its velocity :math:`v_t = (T - \mathrm{Id})\circ T_t^{-1}`
   in closed form (:func:`mccann_velocity`).
-* Empirical :math:`\mathbb{W}_2` between point clouds through ott-jax (:func:`w2`,
-  :func:`w2_squared`, :func:`w2_result`): exact assignment or debiased Sinkhorn.
 
-Naming rule: a function whose name ends in ``_squared`` returns :math:`\mathbb{W}_2^2`; every
-other ``w2`` function returns :math:`\mathbb{W}_2` itself (the square root of the optimal
-mean squared displacement).
+Empirical :math:`\mathbb{W}_2` between point clouds is in :mod:`fmjax.metrics`. Naming rule:
+a function whose name ends in ``_squared`` returns :math:`\mathbb{W}_2^2`; every other ``w2``
+function returns :math:`\mathbb{W}_2` itself.
 
 Matrix square roots are taken by ``eigh`` with a custom JVP (Daleckii-Krein divided
 differences :math:`1/(\sqrt{\lambda_i} + \sqrt{\lambda_j})`), so gradients stay finite at
@@ -21,11 +19,8 @@ derivative divides by zero.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -47,29 +42,16 @@ from ._typing import (
 )
 
 __all__ = [
-    "EXACT_MAX_SIZE",
     "AffineMap",
     "McCannVelocity",
     "MonotoneMap1D",
-    "W2Result",
     "gaussian_ot_map",
     "gaussian_w2",
     "gaussian_w2_squared",
     "mccann_interpolation",
     "mccann_velocity",
     "monotone_map_1d",
-    "w2",
-    "w2_result",
-    "w2_squared",
 ]
-
-#: Largest number of points for which ``w2(..., method="auto")`` uses the exact assignment
-#: solver (ott-jax's Hungarian, from optax). Its cost grows like n^3: on a quiet 2-core CPU it
-#: took 0.46 s at n = 1,000 and 1.5 s at n = 2,000 (about 3.5x SciPy's
-#: ``linear_sum_assignment``), the same order as debiased Sinkhorn at the default epsilon,
-#: whose cost grows like n^2 per iteration (``benchmarks/w2.py``).
-EXACT_MAX_SIZE = 2048
-
 
 # ----------------------------------------------------------------------------------------
 # Helpers
@@ -561,298 +543,3 @@ def mccann_velocity(A: MatrixLike | AffineMap, b: VectorLike | None = None) -> M
                 f"is singular at t = {1.0 / (1.0 - float(bad.min())):.3g}; the McCann "
                 f"velocity needs A without real eigenvalues in (-inf, 0] (e.g. A SPD)")
     return McCannVelocity(T.A, T.b)
-
-
-# ----------------------------------------------------------------------------------------
-# Empirical W2 through ott-jax
-# ----------------------------------------------------------------------------------------
-
-
-class W2Result(eqx.Module):
-    r"""The outcome of :func:`w2_result`.
-
-    Attributes:
-        w2: :math:`\mathbb{W}_2` (not squared), scalar.
-        w2_squared: :math:`\mathbb{W}_2^2`, scalar.
-        converged: boolean scalar; always ``True`` for ``"exact"``; for ``"sinkhorn"``
-            whether all three Sinkhorn solves of the divergence met ``threshold`` within
-            ``max_iterations`` and the value is finite.
-        n_iterations: Sinkhorn iterations of the cross term ``(x, y)`` (``None`` for exact).
-        epsilon: entropic regularization actually used (``None`` for exact).
-        method: ``"exact"`` or ``"sinkhorn"`` (static).
-
-    Example:
-        Translating a cloud by :math:`(3, 4)` moves it by :math:`\mathbb{W}_2 = 5`:
-
-        >>> import jax, jax.numpy as jnp, fmjax as fm
-        >>> x = jax.random.normal(jax.random.key(0), (4, 2), dtype=jnp.float32)
-        >>> res = fm.w2_result(x, x + jnp.array([[3.0, 4.0]], x.dtype))
-        >>> res.method, round(float(res.w2), 4), round(float(res.w2_squared), 3)
-        ('exact', 5.0, 25.0)
-        >>> bool(res.converged), res.n_iterations, res.epsilon
-        (True, None, None)
-    """
-
-    w2: jax.Array
-    w2_squared: jax.Array
-    converged: jax.Array
-    n_iterations: jax.Array | None
-    epsilon: jax.Array | None
-    method: str = eqx.field(static=True)
-
-
-@contextlib.contextmanager
-def _ott_context():
-    # ott-jax relies on implicit rank and dtype promotion: allow it inside its calls only.
-    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
-        yield
-
-
-def _sq_dist_matrix(x: jax.Array, y: jax.Array) -> jax.Array:
-    # Direct differences (no |x|^2 + |y|^2 - 2 x.y cancellation).
-    return jax.vmap(lambda xi: jnp.sum((y - xi[None, :]) ** 2, axis=-1))(x)
-
-
-@jax.jit
-def _exact_w2_squared(x: jax.Array, y: jax.Array) -> jax.Array:
-    from ott.geometry import geometry
-    from ott.tools import unreg
-
-    with _ott_context():
-        cost, _ = unreg.hungarian(geometry.Geometry(cost_matrix=_sq_dist_matrix(x, y)))
-    return cost.astype(x.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("threshold", "max_iterations", "batch_size"))
-def _sinkhorn_w2_squared(x, y, a, b, epsilon, *, threshold, max_iterations, batch_size):
-    from ott.tools import sinkhorn_divergence
-
-    with _ott_context():
-        div, out = sinkhorn_divergence.sinkdiv(
-            x, y, a=a, b=b, epsilon=epsilon, batch_size=batch_size,
-            solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
-    div = div.astype(x.dtype)
-    converged = jnp.all(jnp.stack([jnp.asarray(c) for c in out.converged]))
-    converged = converged & jnp.isfinite(div)
-    return div, converged, jnp.asarray(out.n_iters[0])
-
-
-def _ott_online_supported() -> bool:
-    from jax.interpreters import batching
-
-    return hasattr(batching, "is_vmappable")
-
-
-def _weights(w, name, n, dtype):
-    if w is None:
-        return jnp.full((n,), 1.0 / n, dtype=dtype)
-    w = _checks.check_weights(w, name, n)
-    return w.astype(dtype)
-
-
-def w2_result(x: BatchLike, y: OtherBatchLike, *, method: str = "auto",
-              epsilon: ScalarLike | None = None, relative_epsilon: float = 1e-2,
-              weights_x: ValuesLike | None = None, weights_y: ValuesLike | None = None,
-              threshold: float = 1e-4, max_iterations: int = 5000,
-              exact_max_size: int = EXACT_MAX_SIZE, batch_size: int | None = None
-              ) -> W2Result:
-    r""":math:`\mathbb{W}_2` between two empirical measures, with solver diagnostics.
-
-    The same computation as :func:`w2`, but never raises on non-convergence: it returns a
-    :class:`W2Result` carrying the value, the method used, epsilon, the convergence flag and
-    the iteration count. See :func:`w2` for the arguments.
-
-    Example:
-        >>> import jax, jax.numpy as jnp, fmjax as fm
-        >>> x = jax.random.normal(jax.random.key(0), (4, 2), dtype=jnp.float32)
-        >>> res = fm.w2_result(x, x + 1.0)
-        >>> res.method, round(float(res.w2), 4), bool(res.converged)
-        ('exact', 1.4142, True)
-    """
-    x = _checks.check_batch(x, "x")
-    y = _checks.check_batch(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"`x` has shape {x.shape} but `y` has shape {y.shape}; the point "
-                         f"dimensions must match")
-    if method not in ("auto", "exact", "sinkhorn"):
-        raise ValueError(f"`method` must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
-    dtype = _common_float_dtype(x, y)
-    x, y = x.astype(dtype), y.astype(dtype)
-    n, m = x.shape[0], y.shape[0]
-    weighted = weights_x is not None or weights_y is not None
-    if method == "auto":
-        method = "exact" if (n == m and not weighted and n <= exact_max_size) else "sinkhorn"
-    # W2 is invariant under a common translation; centering limits round-off in the costs.
-    center = jax.lax.stop_gradient(0.5 * (jnp.mean(x, axis=0) + jnp.mean(y, axis=0)))
-    x, y = x - center[None, :], y - center[None, :]
-
-    if method == "exact":
-        if weighted:
-            raise ValueError("method='exact' supports uniform weights only; use "
-                             "method='sinkhorn' for weighted point clouds")
-        if n != m:
-            raise ValueError(f"method='exact' needs equal sizes, got x with {n} points and y "
-                             f"with {m}; use method='sinkhorn'")
-        sq = jnp.maximum(_exact_w2_squared(x, y), jnp.zeros((), dtype))
-        return W2Result(jnp.sqrt(sq), sq, jnp.asarray(True), None, None, "exact")
-
-    if not (isinstance(max_iterations, int) and max_iterations > 0):
-        raise ValueError(f"`max_iterations` must be a positive int, got {max_iterations!r}")
-    if not (isinstance(threshold, float | int) and threshold > 0):
-        raise ValueError(f"`threshold` must be a positive float, got {threshold!r}")
-    a = _weights(weights_x, "weights_x", n, dtype)
-    b = _weights(weights_y, "weights_y", m, dtype)
-    if epsilon is None:
-        if not (isinstance(relative_epsilon, float | int) and relative_epsilon > 0):
-            raise ValueError(f"`relative_epsilon` must be a positive float, got "
-                             f"{relative_epsilon!r}")
-        # Mean cost sum_ij a_i b_j |x_i - y_j|^2 in closed form (no n x m matrix).
-        mx, my = a @ x, b @ y
-        mean_cost = a @ jnp.sum(x**2, axis=1) + b @ jnp.sum(y**2, axis=1) - 2.0 * (mx @ my)
-        eps = relative_epsilon * jax.lax.stop_gradient(mean_cost)
-        # Two identical clouds: mean cost can be 0; keep epsilon positive.
-        eps = jnp.maximum(eps, jnp.asarray(jnp.finfo(dtype).tiny, dtype))
-    else:
-        eps = _checks.as_float_array(epsilon, "epsilon", ndim=0).astype(dtype)
-        c = _checks.concrete(eps)
-        if c is not None and not float(c) > 0:
-            raise ValueError(f"`epsilon` must be positive, got {float(c)!r}")
-    if batch_size is not None:
-        if not (isinstance(batch_size, int) and batch_size > 0):
-            raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
-        if not _ott_online_supported():
-            raise ValueError(
-                "`batch_size` (ott-jax online cost evaluation) is not usable with this "
-                "ott-jax/jax pair: ott-jax's online mode calls the removed "
-                "`jax.interpreters.batching.is_vmappable`; leave batch_size=None")
-    sq, converged, iters = _sinkhorn_w2_squared(
-        x, y, a, b, eps, threshold=float(threshold), max_iterations=max_iterations,
-        batch_size=batch_size)
-    sq = jnp.maximum(sq, jnp.zeros((), dtype))
-    return W2Result(jnp.sqrt(sq), sq, converged, iters, eps, "sinkhorn")
-
-
-def _checked(res: W2Result, value: jax.Array, on_failure: str) -> jax.Array:
-    if res.method == "exact":
-        return value
-    msg = ("Sinkhorn did not converge (epsilon too small for max_iterations, or NaN); "
-           "raise max_iterations, increase epsilon/relative_epsilon or use "
-           "method='exact' (see fmjax.w2_result for diagnostics)")
-    c = _checks.concrete(res.converged)
-    if on_failure == "raise":
-        if c is not None:
-            if not bool(c):
-                raise RuntimeError(f"{msg}: iterations={int(np.asarray(res.n_iterations))}, "
-                                   f"epsilon={float(np.asarray(res.epsilon)):.3g}")
-            return value
-        return eqx.error_if(value, ~res.converged, msg)
-    if c is not None:
-        if not bool(c):
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return value
-
-    def _warn(ok):
-        if not bool(ok):
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-
-    jax.debug.callback(_warn, res.converged)
-    return value
-
-
-def _check_on_failure(on_failure):
-    if on_failure not in ("raise", "warn"):
-        raise ValueError(f"`on_failure` must be 'raise' or 'warn', got {on_failure!r}")
-
-
-def w2(x: BatchLike, y: OtherBatchLike, *, method: str = "auto",
-       epsilon: ScalarLike | None = None, relative_epsilon: float = 1e-2,
-       weights_x: ValuesLike | None = None, weights_y: ValuesLike | None = None,
-       threshold: float = 1e-4, max_iterations: int = 5000,
-       exact_max_size: int = EXACT_MAX_SIZE, batch_size: int | None = None,
-       on_failure: str = "raise") -> Scalar:
-    r"""The Wasserstein-2 distance :math:`\mathbb{W}_2` (NOT squared) between point clouds.
-
-    For :math:`\hat\alpha = \sum_i a_i \delta_{x_i}`, :math:`\hat\beta = \sum_j b_j \delta_{y_j}`,
-
-    .. math::
-
-        \mathbb{W}_2(\hat\alpha, \hat\beta) = \Big(\min_{P \in U(a, b)} \sum_{ij} P_{ij}
-        \|x_i - y_j\|^2\Big)^{1/2}.
-
-    Methods (through ott-jax):
-
-    * ``"exact"``: the optimal assignment (ott-jax's Hungarian,
-      ``ott.tools.unreg.hungarian``); equal sizes and uniform weights only. Exact, cost
-      :math:`O(n^3)`: practical up to a few thousand points on a CPU (see
-      :data:`EXACT_MAX_SIZE`).
-    * ``"sinkhorn"``: the debiased Sinkhorn divergence
-      :math:`S_\varepsilon = \mathrm{OT}_\varepsilon(\hat\alpha,\hat\beta) -
-      \tfrac12\mathrm{OT}_\varepsilon(\hat\alpha,\hat\alpha) -
-      \tfrac12\mathrm{OT}_\varepsilon(\hat\beta,\hat\beta)`
-      (``ott.tools.sinkhorn_divergence``), an approximation of :math:`\mathbb{W}_2^2` with an
-      entropic bias; any sizes and weights. With the default ``relative_epsilon=1e-2`` it
-      came out 0.1% to 0.5% below the exact :math:`\mathbb{W}_2` in our tests (128 to 3,000
-      points); lower ``relative_epsilon`` for more accuracy (more iterations).
-    * ``"auto"`` (default): exact for equal sizes, uniform weights and
-      ``n <= exact_max_size``, else Sinkhorn.
-
-    Args:
-        x: ``(n, d)`` points.
-        y: ``(m, d)`` points (cast with ``x`` to their common floating dtype).
-        method: ``"auto"``, ``"exact"`` or ``"sinkhorn"``.
-        epsilon: absolute entropic regularization for Sinkhorn; default
-            ``relative_epsilon`` times the mean pairwise squared distance.
-        relative_epsilon: see ``epsilon``.
-        weights_x: optional ``(n,)`` probability weights (Sinkhorn only).
-        weights_y: optional ``(m,)`` probability weights (Sinkhorn only).
-        threshold: Sinkhorn stopping tolerance on the marginal error.
-        max_iterations: Sinkhorn iteration cap.
-        exact_max_size: largest ``n`` for which ``"auto"`` picks the exact solver.
-        batch_size: ott-jax online batch size (cost matrix evaluated in blocks). Default
-            ``None``: Sinkhorn holds dense ``n x m`` matrices (three of them for the
-            divergence; 1.6 GB each in float32 at n = m = 20,000). ott-jax 0.6.0's online mode
-            fails under jax 0.10 (it calls the removed ``batching.is_vmappable``), so a
-            ``batch_size`` is rejected there with a ``ValueError``.
-        on_failure: ``"raise"`` (default) raises ``RuntimeError`` when Sinkhorn does not
-            converge (under ``jit`` an ``equinox`` runtime error, also a ``RuntimeError``);
-            ``"warn"`` emits a ``RuntimeWarning`` and returns the unconverged value.
-
-    Returns:
-        The scalar :math:`\mathbb{W}_2` in the common dtype of ``x`` and ``y``. Differentiable
-        in ``x`` and ``y`` (envelope theorem: the plan is held fixed).
-
-    Raises:
-        ValueError: bad shapes or dtypes, empty or non-finite inputs, bad options.
-        RuntimeError: Sinkhorn did not converge (with ``on_failure="raise"``).
-
-    Example:
-        >>> import jax, jax.numpy as jnp, fmjax as fm
-        >>> x = jax.random.normal(jax.random.key(0), (4, 2), dtype=jnp.float32)
-        >>> round(float(fm.w2(x, x + jnp.array([[3.0, 4.0]], x.dtype))), 4)
-        5.0
-    """
-    _check_on_failure(on_failure)
-    res = w2_result(x, y, method=method, epsilon=epsilon, relative_epsilon=relative_epsilon,
-                    weights_x=weights_x, weights_y=weights_y, threshold=threshold,
-                    max_iterations=max_iterations, exact_max_size=exact_max_size,
-                    batch_size=batch_size)
-    return _checked(res, res.w2, on_failure)
-
-
-def w2_squared(x: BatchLike, y: OtherBatchLike, **kwargs: Any) -> Scalar:
-    r"""The SQUARED Wasserstein-2 distance :math:`\mathbb{W}_2^2` between point clouds.
-
-    Same arguments as :func:`w2` (keyword-only), same checks; returns
-    :math:`\mathbb{W}_2^2`, whose gradient stays finite when the clouds coincide.
-
-    Example:
-        >>> import jax, jax.numpy as jnp, fmjax as fm
-        >>> x = jax.random.normal(jax.random.key(0), (4, 2), dtype=jnp.float32)
-        >>> round(float(fm.w2_squared(x, x + jnp.array([[3.0, 4.0]], x.dtype))), 3)
-        25.0
-    """
-    on_failure = kwargs.pop("on_failure", "raise")
-    _check_on_failure(on_failure)
-    res = w2_result(x, y, **kwargs)
-    return _checked(res, res.w2_squared, on_failure)
-

@@ -23,6 +23,7 @@ import pytest
 from flax import nnx
 
 import fmjax as fm
+from fmjax import couplings as fcp
 from fmjax import datasets as fds
 from fmjax import nn as fnn
 
@@ -401,7 +402,7 @@ _time_cases("McCannVelocity", lambda t: _mv(t, X))
 _point_cases("McCannVelocity", lambda x: _mv(0.3, x))
 
 
-# --- ot: empirical W2 ------------------------------------------------------------------------
+# --- metrics: empirical W2 ------------------------------------------------------------------------
 for _n in ("w2", "w2_result", "w2_squared"):
     _f = getattr(fm, _n)
     VALID[_n] = lambda f=_f: f(B0, B1)
@@ -422,14 +423,14 @@ for _n in ("w2", "w2_result", "w2_squared"):
         lambda f=_f: f(B0, B1, method="sinkhorn", weights_y=np.full(4, 0.5)))
     bad(_n, "weights_x wrong n", "weights_x",
         lambda f=_f: f(B0, B1, method="sinkhorn", weights_x=W))
-    bad(_n, "weights with method='exact'", ("weights_x", "weights", "method"),
-        lambda f=_f: f(B0, B1, method="exact", weights_x=np.full(4, 0.25)))
+    bad(_n, "weights_x negative (exact)", "weights_x",
+        lambda f=_f: f(B0, B1, method="exact", weights_x=np.array([-0.5, 0.5, 0.5, 0.5])))
+    bad(_n, "exact_max_size = 0", "exact_max_size", lambda f=_f: f(B0, B1, exact_max_size=0))
     bad(_n, "max_iterations = 0", "max_iterations",
         lambda f=_f: f(B0, B1, method="sinkhorn", max_iterations=0))
     bad(_n, "threshold < 0", "threshold", lambda f=_f: f(B0, B1, method="sinkhorn", threshold=-1.0))
     bad(_n, "relative_epsilon = 0", "relative_epsilon",
         lambda f=_f: f(B0, B1, method="sinkhorn", relative_epsilon=0.0))
-    bad(_n, "batch_size = 0", "batch_size", lambda f=_f: f(B0, B1, method="sinkhorn", batch_size=0))
 bad("w2", "unknown on_failure", "on_failure", lambda: fm.w2(B0, B1, on_failure="ignore"))
 
 
@@ -460,7 +461,7 @@ def _flow_cases(name, call):
 
 
 _flow_cases("integrate", fm.integrate)
-_flow_cases("path_energy", fm.path_energy)
+_flow_cases("straightness", fm.straightness)
 _flow_cases("kinetic_energy", fm.kinetic_energy)
 _flow_cases("log_likelihood", lambda v, x, **kw: fm.log_likelihood(v, x, logp0, **kw))
 bad("integrate", "saveat count 1", "saveat", lambda: fm.integrate(vel, B0, saveat=1, **_FAST))
@@ -469,7 +470,9 @@ bad("integrate", "saveat outside [t0, t1]", "saveat",
 bad("integrate", "saveat not ordered", "saveat",
     lambda: fm.integrate(vel, B0, saveat=np.array([0.5, 0.1]), **_FAST))
 bad("log_likelihood", "log_density0 not callable", "log_density0",
-    lambda: fm.log_likelihood(vel, B0, None, **_FAST))
+    lambda: fm.log_likelihood(vel, B0, 3.0, **_FAST))
+bad("log_likelihood", "log_density0 missing and no source", "log_density0",
+    lambda: fm.log_likelihood(vel, B0, **_FAST))
 bad("log_likelihood", "log_density0 returns a vector", "log_density0",
     lambda: fm.log_likelihood(vel, B0, lambda x: x, **_FAST))
 bad("log_likelihood", "unknown divergence", "divergence",
@@ -517,15 +520,29 @@ bad("exact_ot_permutation", "unknown solver", "solver",
 bad("exact_ot_permutation", "options for scipy", ("solver", "scipy"),
     lambda: fm.exact_ot_permutation(B0, B1, solver="scipy", eps_final=0.1))
 
-VALID["couple"] = lambda: (fm.couple(KEY, B0, B1), fm.couple(KEY, B0, B1, method="ot"))
-_pair_cases("couple", lambda a, b: fm.couple(KEY, a, b, method="ot"))
-bad("couple", "unknown method", "method", lambda: fm.couple(KEY, B0, B1, method="exact"))
-bad("couple", "epsilon < 0", "epsilon",
-    lambda: fm.couple(KEY, B0, B1, method="sinkhorn", epsilon=-0.1))
-bad("couple", "epsilon NaN", "epsilon",
-    lambda: fm.couple(KEY, B0, B1, method="sinkhorn", epsilon=NAN))
-bad("couple", "unknown solver", "solver", lambda: fm.couple(KEY, B0, B1, method="ot", solver="x"))
-
+for _cname, _make in (("couplings.Independent", fcp.Independent),
+                      ("couplings.ExactOT", fcp.ExactOT), ("couplings.Sinkhorn", fcp.Sinkhorn),
+                      ("couplings.Paired", fcp.Paired)):
+    VALID[_cname] = lambda m=_make: m()(KEY, B0, B1)
+    bad(_cname, "key not a key", "key", lambda m=_make: m()(0, B0, B1))
+    bad(_cname, "x0 rank 1", "x0", lambda m=_make: m()(KEY, X, B1))
+    bad(_cname, "mismatched n", ("x0", "x1"), lambda m=_make: m()(KEY, B0, B1[:3]))
+    bad(_cname, "labels float", "labels", lambda m=_make: m()(KEY, B0, B1, labels=W))
+_pair_cases("couplings.ExactOT", lambda a, b: fcp.ExactOT()(KEY, a, b))
+bad("couplings.ExactOT", "unknown solver", "solver", lambda: fcp.ExactOT("x"))
+bad("couplings.ExactOT", "unknown shard", "shard", lambda: fcp.ExactOT(shard="both"))
+bad("couplings.ExactOT", "host_workers < 0", "host_workers", lambda: fcp.ExactOT(host_workers=-1))
+bad("couplings.ExactOT", "options for pot", ("solver", "pot"),
+    lambda: fcp.ExactOT("pot", eps_final=0.1))
+bad("couplings.ExactOT", "labels wrong shape", "labels",
+    lambda: fcp.ExactOT()(KEY, B0, B1, labels=np.zeros(3, np.int32)))
+bad("couplings.Sinkhorn", "epsilon < 0", "epsilon", lambda: fcp.Sinkhorn(-0.1))
+bad("couplings.Sinkhorn", "epsilon NaN", "epsilon", lambda: fcp.Sinkhorn(NAN))
+bad("couplings.Sinkhorn", "unknown relative_epsilon", "relative_epsilon",
+    lambda: fcp.Sinkhorn(relative_epsilon="max"))
+bad("couplings.Sinkhorn", "max_iterations = 0", "max_iterations",
+    lambda: fcp.Sinkhorn(max_iterations=0))
+bad("couplings.Sinkhorn", "x1 NaN", "x1", lambda: fcp.Sinkhorn()(KEY, B0, BNAN))
 _BEN = -np.sum((B0[:, None, :] - B1[None, :, :]) ** 2, axis=-1)
 VALID["auction_assignment"] = lambda: fm.auction_assignment(_BEN)
 bad("auction_assignment", "not square", "benefit", lambda: fm.auction_assignment(_BEN[:3]))
@@ -541,6 +558,60 @@ bad("auction_assignment", "eps_final < 0", "eps_final",
     lambda: fm.auction_assignment(_BEN, eps_final=-1.0))
 bad("auction_assignment", "max_iterations = 0", "max_iterations",
     lambda: fm.auction_assignment(_BEN, max_iterations=0))
+
+
+# --- loss, train step, metrics ------------------------------------------------------------
+_T4 = np.array([0.1, 0.4, 0.6, 0.9])
+VALID["flow_matching_loss"] = lambda: fm.flow_matching_loss(vel, _T4, B0, B1)
+bad("flow_matching_loss", "velocity not callable", "velocity",
+    lambda: fm.flow_matching_loss(3.0, _T4, B0, B1))
+bad("flow_matching_loss", "t wrong length", "t", lambda: fm.flow_matching_loss(vel, _T4[:3], B0, B1))
+bad("flow_matching_loss", "t integer dtype", "t",
+    lambda: fm.flow_matching_loss(vel, np.arange(4), B0, B1))
+bad("flow_matching_loss", "x1 mismatched shape", ("x0", "x1"),
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1[:3]))
+bad("flow_matching_loss", "x0 rank 1", "x0", lambda: fm.flow_matching_loss(vel, _T4[:2], X, X))
+bad("flow_matching_loss", "sigma > 0 without noise", "noise",
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1, sigma=0.1))
+bad("flow_matching_loss", "noise without sigma", "noise",
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1, noise=B0))
+bad("flow_matching_loss", "noise wrong shape", "noise",
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1, sigma=0.1, noise=B0[:2]))
+bad("flow_matching_loss", "sigma < 0", "sigma",
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1, sigma=-1.0))
+bad("flow_matching_loss", "path not a path", "path",
+    lambda: fm.flow_matching_loss(vel, _T4, B0, B1, path="linear"))
+bad("flow_matching_loss", "velocity returns the wrong shape", "velocity",
+    lambda: fm.flow_matching_loss(lambda t, x: x[:1], _T4, B0, B1))
+
+_STEP_MODEL = fnn.VelocityMLP(D, width=4, depth=1, rngs=nnx.Rngs(0))
+VALID["make_train_step"] = lambda: fm.make_train_step(_STEP_MODEL).step(
+    fm.make_train_step(_STEP_MODEL).init(_STEP_MODEL), KEY, B0, B1)[1]["loss"]
+bad("make_train_step", "model not a module", "model", lambda: fm.make_train_step(vel))
+bad("make_train_step", "optimizer not optax", "optimizer",
+    lambda: fm.make_train_step(_STEP_MODEL, "adam"))
+bad("make_train_step", "ema_decay = 1", "ema_decay",
+    lambda: fm.make_train_step(_STEP_MODEL, ema_decay=1.0))
+bad("make_train_step", "sigma NaN", "sigma", lambda: fm.make_train_step(_STEP_MODEL, sigma=NAN))
+bad("make_train_step", "unknown coupling", "coupling",
+    lambda: fm.make_train_step(_STEP_MODEL, coupling="exact"))
+bad("make_train_step", "init with another model", "model",
+    lambda: fm.make_train_step(_STEP_MODEL).init(fnn.VelocityMLP(3, rngs=nnx.Rngs(0))))
+bad("make_train_step", "step key not a key", "key",
+    lambda: fm.make_train_step(_STEP_MODEL).step(
+        fm.make_train_step(_STEP_MODEL).init(_STEP_MODEL), 0, B0, B1))
+bad("make_train_step", "step state not a state", "state",
+    lambda: fm.make_train_step(_STEP_MODEL).step({}, KEY, B0, B1))
+
+VALID["w2_floor"] = lambda: fm.w2_floor(fds.standard_normal(D), KEY, 8, reps=2)
+bad("w2_floor", "key not a key", "key", lambda: fm.w2_floor(fds.standard_normal(D), 1, 8))
+bad("w2_floor", "n = 0", "n", lambda: fm.w2_floor(fds.standard_normal(D), KEY, 0))
+bad("w2_floor", "reps = 0", "reps", lambda: fm.w2_floor(fds.standard_normal(D), KEY, 8, reps=0))
+
+VALID["jit"] = lambda: fm.jit(lambda x: x * 2.0)(B0)
+bad("jit", "traced t > 1 reads as a ValueError naming t", "t",
+    lambda: fm.jit(lambda t: fm.gaussian_velocity(t, X, mean0=M0, cov0=S0, mean1=M1,
+                                                  cov1=S1))(jnp.asarray(1.5)))
 
 
 # --- train (argument validation only: nothing here compiles or trains) ---------------------
@@ -566,7 +637,24 @@ bad("fit", "sigma < 0", "sigma", lambda: _fit(sigma=-0.1))
 bad("fit", "sigma NaN", "sigma", lambda: _fit(sigma=NAN))
 bad("fit", "checkpoint_every = 0", "checkpoint_every", lambda: _fit(checkpoint_every=0))
 bad("fit", "checkpoint_dir is a file", "checkpoint_dir", lambda: _fit(checkpoint_dir=_NOT_A_DIR))
-bad("fit", "unknown shard_coupling", "shard_coupling", lambda: _fit(shard_coupling="both"))
+bad("fit", "key not a key", "key", lambda: fm.fit(0, _X0, _X1, steps=2, batch_size=4))
+bad("fit", "coupling not callable", "coupling", lambda: _fit(coupling=3))
+bad("fit", "sample_x0 ignores its key (NumPy)", "sample_x0",
+    lambda: _fit(sample_x0=lambda k, n: np.random.randn(n, D)))
+bad("fit", "sample_x1 ignores its key (fixed slice)", "sample_x1",
+    lambda: _fit(sample_x1=lambda k, n: jnp.asarray(_X1[:n])))
+bad("fit", "labels float", "labels", lambda: _fit(labels=np.ones(8)))
+bad("fit", "labels wrong length", "labels", lambda: _fit(labels=np.zeros(5, np.int32)))
+bad("fit", "labels with a sampler", "labels",
+    lambda: _fit(sample_x1=fds.standard_normal(D), labels=np.zeros(8, np.int32)))
+bad("fit", "paired coupling on samplers", "Paired",
+    lambda: _fit(sample_x0=lambda k, n: jax.random.normal(k, (n, D), jnp.float64),
+                 coupling="paired"))
+bad("fit", "label_dropout > 1", "label_dropout", lambda: _fit(label_dropout=1.5))
+bad("fit", "label_dropout without a null label", "label_dropout",
+    lambda: _fit(label_dropout=0.1))
+bad("fit", "image points without a model", "model",
+    lambda: _fit(sample_x0=np.zeros((8, 2, 2, 1)), sample_x1=np.ones((8, 2, 2, 1))))
 bad("fit", "mismatched d", ("sample_x0", "sample_x1"), lambda: _fit(sample_x1=np.zeros((8, 3))))
 bad("fit", "mismatched dtype", ("sample_x0", "sample_x1"),
     lambda: _fit(sample_x1=_X1.astype(np.float32)))
@@ -580,6 +668,9 @@ bad("fit", "sample_x1 sampler integer dtype", "sample_x1",
     lambda: _fit(sample_x1=lambda k, n: jnp.zeros((n, D), jnp.int32)))
 
 VALID["sample"] = lambda: fm.sample(vel, KEY, 4, dim=D, steps=2)
+bad("sample", "key not a key", "key", lambda: fm.sample(vel, 0, 4, dim=D, steps=2))
+bad("sample", "sample_x0 sampler wrong count", ("sample_x0", "n"),
+    lambda: fm.sample(vel, KEY, 4, sample_x0=lambda k, n: jnp.zeros((n - 1, D)), steps=2))
 bad("sample", "n = 0", "n", lambda: fm.sample(vel, KEY, 0, dim=D, steps=2))
 bad("sample", "n float", "n", lambda: fm.sample(vel, KEY, 2.5, dim=D, steps=2))
 bad("sample", "dim missing", "dim", lambda: fm.sample(vel, KEY, 4, steps=2))
@@ -672,16 +763,20 @@ bad("datasets.get", "unknown name", "name", lambda: fds.get("swissroll"))
 # ----------------------------------------------------------------------------------------
 EXEMPT = {
     # constants
-    "COUPLINGS": "constant tuple of coupling names",
-    "OT_SOLVERS": "constant tuple of solver names",
+    "couplings.COUPLINGS": "constant tuple of coupling names",
+    "couplings.OT_SOLVERS": "constant tuple of solver names",
+    "couplings.Coupling": "abstract base class (its subclasses have entries)",
     "EXACT_MAX_SIZE": "integer constant",
     "nn.ACTIVATIONS": "constant dict",
     "datasets.TASKS": "constant dict",
     "datasets.SAMPLERS": "constant dict",
     # result / state containers: built by the library, not from user input
     "FlowSolution": "NamedTuple returned by integrate",
-    "PathEnergy": "NamedTuple returned by path_energy",
-    "FlowResults": "diffrax's result enum, re-exported",
+    "Straightness": "NamedTuple returned by straightness",
+    "FlowResults": "diffrax's result enum, extended",
+    "FlowError": "exception type",
+    "TrainStep": "NamedTuple (init, step) returned by make_train_step",
+    "datasets.StandardNormal": "sampler class; covered through datasets.standard_normal",
     "W2Result": "result container returned by w2_result",
     "History": "NamedTuple returned by fit",
     "TrainState": "NamedTuple of training state",
@@ -703,6 +798,7 @@ def _public_names() -> list[str]:
     names = list(fm.__all__)
     names += ["nn." + n for n in fnn.__all__]
     names += ["datasets." + n for n in fds.__all__]
+    names += ["couplings." + n for n in fcp.__all__ if n not in fm.__all__]
     return names
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-import fmjax as fm
 from fmjax import couplings as cp
 
 
@@ -65,7 +64,7 @@ def test_ot_coupling_reduces_pair_cost_and_is_permutation(dtype):
     k0, k1 = jax.random.split(key)
     x0 = jax.random.normal(k0, (64, 2), dtype)
     x1 = jax.random.normal(k1, (64, 2), dtype) + 2.0
-    a, b = jax.jit(lambda k, u, v: cp.couple(k, u, v, method="ot"))(key, x0, x1)
+    a, b = jax.jit(lambda k, u, v: cp.ExactOT()(k, u, v))(key, x0, x1)
     assert a.dtype == dtype and b.dtype == dtype
     np.testing.assert_array_equal(np.asarray(a), np.asarray(x0))
     # the paired x1 is a permutation of x1 (no duplicates)
@@ -79,7 +78,7 @@ def test_ot_coupling_reduces_pair_cost_and_is_permutation(dtype):
 
 def test_independent_is_identity():
     x0, x1 = batches(0, 8, 2, np.float32)
-    a, b = cp.couple(jax.random.key(0), x0, x1)
+    a, b = cp.Independent()(jax.random.key(0), x0, x1)
     np.testing.assert_array_equal(np.asarray(a), x0)
     np.testing.assert_array_equal(np.asarray(b), x1)
 
@@ -90,7 +89,7 @@ def test_couple_inside_scan_and_vmap():
     r, c = linear_sum_assignment(C)
 
     def body(carry, k):
-        a, b = cp.couple(k, x0, x1, method="ot")
+        a, b = cp.ExactOT()(k, x0, x1)
         return carry + jnp.sum((a - b) ** 2), None
 
     total, _ = jax.jit(lambda ks: jax.lax.scan(body, jnp.float32(0), ks))(
@@ -108,8 +107,8 @@ def test_sinkhorn_small_epsilon_close_to_exact(dtype):
     r, c = linear_sum_assignment(C)
     exact = C[r, c].mean()
     indep = C.mean()
-    f = jax.jit(lambda k, u, v: cp.couple(k, u, v, method="sinkhorn", epsilon=1e-3,
-                                          max_iterations=10_000, threshold=1e-4))
+    f = jax.jit(lambda k, u, v: cp.Sinkhorn(1e-3, max_iterations=10_000, threshold=1e-4)(
+        k, u, v))
     a, b = f(jax.random.key(1), x0, x1)
     assert a.dtype == dtype and b.shape == (16, 2)
     cost = float(np.mean(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, 1)))
@@ -117,7 +116,7 @@ def test_sinkhorn_small_epsilon_close_to_exact(dtype):
     assert cost <= exact * 1.05 + 1e-6
     assert cost < indep
     # large epsilon: pairs are close to independent draws
-    g = jax.jit(lambda k, u, v: cp.couple(k, u, v, method="sinkhorn", epsilon=100.0))
+    g = jax.jit(lambda k, u, v: cp.Sinkhorn(100.0)(k, u, v))
     costs = [float(np.mean(np.sum((np.asarray(u, np.float64) - np.asarray(v, np.float64)) ** 2, 1)))
              for u, v in (g(k, x0, x1) for k in jax.random.split(jax.random.key(2), 20))]
     se = C.std() / np.sqrt(16 * 20)
@@ -127,13 +126,13 @@ def test_sinkhorn_small_epsilon_close_to_exact(dtype):
 def test_errors():
     x0, x1 = batches(0, 8, 2, np.float32)
     with pytest.raises(ValueError, match="x1"):
-        cp.couple(jax.random.key(0), x0, x1[:5], method="ot")
+        cp.ExactOT()(jax.random.key(0), x0, x1[:5])
     with pytest.raises(ValueError, match="dtype"):
-        cp.couple(jax.random.key(0), x0, x1.astype(np.float64), method="ot")
+        cp.ExactOT()(jax.random.key(0), x0, x1.astype(np.float64))
     with pytest.raises(ValueError, match="floating"):
         cp.exact_ot_permutation(np.ones((3, 2), np.int32), np.ones((3, 2), np.int32))
-    with pytest.raises(ValueError, match="method"):
-        cp.couple(jax.random.key(0), x0, x1, method="nope")
+    with pytest.raises(ValueError, match="coupling"):
+        cp._resolve("nope")
     with pytest.raises(ValueError, match="solver"):
         cp.exact_ot_permutation(x0, x1, solver="nope")
 
@@ -175,8 +174,7 @@ def test_sinkhorn_non_convergence_is_reported_not_used():
         out = sinkhorn.Sinkhorn(max_iterations=5)(linear_problem.LinearProblem(geom))
     assert not bool(out.converged)
     with pytest.raises(Exception, match="did not converge"):
-        jax.block_until_ready(fm.couple(k0, x0, x1, method="sinkhorn", epsilon=1e-4,
-                                        max_iterations=5))
+        jax.block_until_ready(cp.Sinkhorn(1e-4, max_iterations=5)(k0, x0, x1))
     # ... and the same batch with the default epsilon converges and pairs every x0.
-    a, b = fm.couple(k0, x0, x1, method="sinkhorn")
+    a, b = cp.Sinkhorn()(k0, x0, x1)
     assert a.shape == b.shape == x0.shape and bool(jnp.all(jnp.isfinite(b)))

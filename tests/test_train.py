@@ -1,4 +1,4 @@
-"""Tests for fmjax.train: fit, sample, checkpoints (resume, SIGKILL, SIGTERM), NaN reports.
+"""Tests for fit, sample, restore: checkpoints (resume, SIGKILL, SIGTERM), NaN reports.
 
 References: the closed-form Gaussian flow-matching velocity (seed, Exercise 4, via
 ``fm.gaussian_velocity``) and the target's mean/covariance with their sampling error; the
@@ -25,7 +25,8 @@ from flax import nnx
 from scipy.optimize import linear_sum_assignment
 
 import fmjax as fm
-from fmjax import train as fmtrain
+from fmjax import _fit as fmfit
+from fmjax import _pipeline as fmpipe
 
 WORKER = os.path.join(os.path.dirname(__file__), "scripts", "train_worker.py")
 
@@ -140,7 +141,7 @@ def test_resume_ignores_half_written_checkpoint_and_traces_once(tmp_path, monkey
         chex.clear_trace_counter()
         return chex.assert_max_traces(step_fn, n=1)
 
-    monkeypatch.setattr(fmtrain, "_wrap_step", wrap)
+    monkeypatch.setattr(fmfit, "_wrap_step", wrap)
     ref, h_ref = fm.fit(jax.random.key(1), gauss0, gauss1, steps=60, model=small_model(),
                         steps_per_call=20, **KW)
     d = str(tmp_path / "ckpt")
@@ -154,15 +155,17 @@ def test_resume_ignores_half_written_checkpoint_and_traces_once(tmp_path, monkey
     out, h_b = fm.fit(jax.random.key(1), gauss0, gauss1, steps=60, model=small_model(),
                       steps_per_call=10, checkpoint_dir=d, checkpoint_every=25, **KW)
     assert h_b.resumed_from == 40
-    np.testing.assert_array_equal(h_b.steps, np.arange(40, 60))
-    np.testing.assert_array_equal(np.concatenate([h_a.loss, h_b.loss]), h_ref.loss)
+    # The history of the resumed run is the whole curve, equal to the uninterrupted one.
+    np.testing.assert_array_equal(h_b.steps, np.arange(60))
+    np.testing.assert_array_equal(h_b.loss, h_ref.loss)
+    np.testing.assert_array_equal(h_a.loss, h_ref.loss[:40])
     assert_bitwise(out, ref)
     # EMA is returned debiased: ema / (1 - 0.9**60) of the stored accumulator.
     ema = jax.tree.leaves(h_b.state.ema)
     for got, acc in zip(params_of(out), ema, strict=True):
         np.testing.assert_allclose(got, np.asarray(acc) / (1 - 0.9 ** 60), rtol=1e-6)
     # restore() loads the same model from the directory (latest complete step = 60).
-    assert_bitwise(fm.train.restore(d, small_model(5)), ref)
+    assert_bitwise(fm.restore(d, small_model(5)), ref)
 
     # A mismatched configuration is refused with the differing fields named.
     with pytest.raises(ValueError, match="batch_size"):
@@ -195,8 +198,8 @@ def test_argument_errors(tmp_path):
                checkpoint_dir=str(blocker / "sub"), **KW)
     with pytest.raises(ValueError, match="coupling"):
         fm.fit(jax.random.key(0), gauss0, gauss1, coupling="exact", model=small_model())
-    with pytest.raises(ValueError, match="dimension 2 .* dimension 3"):
-        fm.fit(jax.random.key(0), gauss0, lambda k, n: jnp.zeros((n, 3), jnp.float32),
+    with pytest.raises(ValueError, match=r"shape \(2,\) .* shape \(3,\)"):
+        fm.fit(jax.random.key(0), gauss0, lambda k, n: jax.random.normal(k, (n, 3), jnp.float32),
                model=small_model())
     with pytest.raises(ValueError, match="floating"):
         fm.fit(jax.random.key(0), np.zeros((10, 2), np.int32), gauss1, model=small_model())
@@ -265,18 +268,18 @@ def test_host_assignment_pipeline_pairs_resume_and_workers(tmp_path, monkeypatch
     resumed from a checkpoint mid-way must be bitwise equal to an uninterrupted one.
     """
     seen = {}
-    result = fmtrain._AssignmentPipeline.result
+    result = fmpipe.AssignmentPipeline.result
 
     def spy(self, start, n):
         out = result(self, start, n)
         seen[start] = np.asarray(out)[:n]
         return out
 
-    monkeypatch.setattr(fmtrain._AssignmentPipeline, "result", spy)
-    kw = dict(coupling="ot", coupling_kwargs={"solver": "scipy"}, steps=30, batch_size=48,
-              steps_per_call=10, ema_decay=0.9)
+    monkeypatch.setattr(fmpipe.AssignmentPipeline, "result", spy)
+    ot = lambda workers=None: fm.couplings.ExactOT("scipy", host_workers=workers)  # noqa
+    kw = dict(steps=30, batch_size=48, steps_per_call=10, ema_decay=0.9)
     ref, h_ref = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(),
-                        host_workers=2, **kw)
+                        coupling=ot(2), **kw)
     assert sorted(seen) == [0, 10, 20]
     _, data_key = jax.random.split(jax.random.key(4))
     for k in (0, 13, 29):
@@ -287,26 +290,26 @@ def test_host_assignment_pipeline_pairs_resume_and_workers(tmp_path, monkeypatch
         np.testing.assert_array_equal(seen[10 * (k // 10)][k % 10], cols)
 
     one, h_one = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(),
-                        host_workers=1, **kw)
+                        coupling=ot(1), **kw)
     assert_bitwise(one, ref)
     np.testing.assert_array_equal(h_one.loss, h_ref.loss)
-    _, h_cb = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(), host_workers=0,
+    _, h_cb = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(), coupling=ot(0),
                      **kw)
     np.testing.assert_allclose(h_cb.loss[0], h_ref.loss[0], rtol=1e-6)
     _, h_ind = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(),
-                      **dict(kw, coupling="independent", coupling_kwargs=None))
+                      coupling="independent", **kw)
     assert abs(h_ind.loss[0] - h_ref.loss[0]) > 1e-3 * h_ref.loss[0]  # the pairs matter
 
     d = str(tmp_path / "ckpt")
     fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(), checkpoint_dir=d,
-           **dict(kw, steps=20))
+           coupling=ot(), **dict(kw, steps=20))
     resumed, h_res = fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(),
-                            checkpoint_dir=d, **kw)
+                            checkpoint_dir=d, coupling=ot(), **kw)
     assert h_res.resumed_from == 20
     assert_bitwise(resumed, ref)
+    np.testing.assert_array_equal(h_res.loss, h_ref.loss)
     with pytest.raises(ValueError, match="host_workers"):
-        fm.fit(jax.random.key(4), gauss0, gauss1, model=small_model(), host_workers=-1,
-               **kw)
+        fm.couplings.ExactOT(host_workers=-1)
 
 
 # --------------------------------------------------------------------------------------
