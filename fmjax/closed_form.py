@@ -16,6 +16,11 @@ combinators on a velocity callable; and the continuity-equation residual.
 
 Every velocity is a callable ``v(t, x)`` on one point ``x`` of shape ``(d,)`` and a scalar
 ``t``; use ``jax.vmap`` over points. Outputs have the dtype of ``x`` (parameters are cast).
+Each closed form comes twice, sharing one jitted kernel: a function of ``(t, x)`` and the
+parameters (checked on every call), and an Equinox module (:class:`GaussianVelocity`,
+:class:`MixtureVelocity`, :class:`DiracVelocity`) that checks its parameters once, holds them
+as array leaves and has a ``log_density`` method: pass the module to ``jit``, ``grad`` or
+:func:`fmjax.integrate`. :func:`fmjax.change_path` moves any of them to another path.
 
 Notation. ``cross_cov`` is :math:`C = \mathrm{Cov}(X_1, X_0)`, the block the notes write
 :math:`\Sigma_{01}` (so :math:`\mathrm{Cov}(X_0, X_1) = C^\top = \Sigma_{10}`).
