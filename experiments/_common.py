@@ -31,11 +31,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import numpy as np
 
 __all__ = [
-    "Field",
     "Timer",
     "command_line",
     "ensure_x64",
@@ -47,7 +45,9 @@ __all__ = [
     "parse_config",
     "progress",
     "pyplot",
+    "random_spd",
     "savefig",
+    "sigma_points",
     "to_jsonable",
     "write_outputs",
 ]
@@ -198,24 +198,29 @@ def ensure_x64(dtype: str) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-class Field(eqx.Module):
-    """``fn(t, x, **kw)`` as a pytree velocity ``v(t, x)``.
+def random_spd(rng: np.random.Generator, d: int, cond: float = 10.0) -> np.ndarray:
+    """A random SPD matrix, eigenvalues log-uniform in [1/sqrt(cond), sqrt(cond)]."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    ev = np.exp(rng.uniform(-0.5, 0.5, size=d) * math.log(cond))
+    return (q * ev) @ q.T
 
-    ``fm.integrate`` caches its compiled solve on the non-array part of the velocity; a
-    closure (``lambda t, x: fm.gaussian_velocity(t, x, **kw)``) is a new object each time
-    and recompiles, while ``Field(fm.gaussian_velocity, kw)`` with new arrays of the same
-    shapes reuses the compiled solve.
+
+def sigma_points(m: np.ndarray, s: np.ndarray) -> np.ndarray:
+    r"""2d points :math:`m \pm \sqrt{d} L e_i` (:math:`L L^\top = s`) with mean ``m`` and
+    covariance ``s`` exactly.
+
+    Any quadratic function of x has the same mean over them as under N(m, s): this turns
+    the kinetic energy of an affine flow into an exact quadrature.
+
+    Example:
+        >>> import numpy as np
+        >>> p = sigma_points(np.zeros(2), np.diag([4.0, 1.0]))
+        >>> p.mean(axis=0).tolist(), np.round(p.T @ p / len(p), 12).tolist()
+        ([0.0, 0.0], [[4.0, 0.0], [0.0, 1.0]])
     """
-
-    fn: Callable = eqx.field(static=True)
-    kw: tuple  # sorted (name, value) pairs: hashable once the arrays are partitioned out
-
-    def __init__(self, fn: Callable, kw: dict):
-        self.fn = fn
-        self.kw = tuple(sorted(kw.items()))
-
-    def __call__(self, t, x):
-        return self.fn(t, x, **dict(self.kw))
+    d = m.shape[0]
+    lc = np.linalg.cholesky(s) * math.sqrt(d)
+    return np.concatenate([m + lc.T, m - lc.T], axis=0)
 
 
 # --------------------------------------------------------------------------------------

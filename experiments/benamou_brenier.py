@@ -28,7 +28,7 @@ import numpy as np
 import fmjax as fm
 
 from . import _common
-from ._common import Field
+from ._common import random_spd, sigma_points
 
 NAME = "benamou_brenier"
 
@@ -51,20 +51,6 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         return cls(dims=(1, 2, 16), n_samples=512, train_dims=(2,), train_steps=1500)
-
-
-def random_spd(rng: np.random.Generator, d: int, cond: float) -> np.ndarray:
-    """Random SPD matrix, eigenvalues log-uniform in [1/sqrt(cond), sqrt(cond)]."""
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    ev = np.exp(rng.uniform(-0.5, 0.5, size=d) * math.log(cond))
-    return (q * ev) @ q.T
-
-
-def sigma_points(m: np.ndarray, s: np.ndarray) -> np.ndarray:
-    r"""2d points :math:`m \pm \sqrt d L e_i` with mean ``m`` and covariance ``s`` exactly."""
-    d = m.shape[0]
-    lc = np.linalg.cholesky(s) * math.sqrt(d)
-    return np.concatenate([m + lc.T, m - lc.T], axis=0)
 
 
 def _gaussian_sampler(m: np.ndarray, s: np.ndarray, dtype=jnp.float32):
@@ -126,7 +112,7 @@ def run(config: Config, workdir: Path | str) -> dict:
                                 rel_err=abs(mc_exact["energy"] - w2sq) / w2sq))
             ok &= abs(mc_exact["energy"] - w2sq) / w2sq < 1e-6
 
-            v_fm = Field(fm.gaussian_velocity, g)
+            v_fm = fm.GaussianVelocity(**g)
             fm_exact = _energy(v_fm, sp, **tol)
             fm_mc = _energy(v_fm, x, **tol)
             row = dict(d=d, w2sq=w2sq, mccann=mc_exact["energy"],
@@ -211,7 +197,7 @@ def _figure(workdir, pair, models, rng, config) -> str:
     m0, s0 = np.asarray(g["mean0"]), np.asarray(g["cov0"])
     x0 = m0 + rng.normal(size=(60, 2)) @ np.linalg.cholesky(s0).T
     panels = [("McCann (optimal): straight, constant speed", fm.mccann_velocity(T), jnp.float64),
-              ("flow matching, closed form, independent", Field(fm.gaussian_velocity, g),
+              ("flow matching, closed form, independent", fm.GaussianVelocity(**g),
                jnp.float64)]
     for tag, label in (("ifm", "I-FM net"), ("otfm", "OT-FM net")):
         if tag in models:

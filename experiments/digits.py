@@ -30,7 +30,6 @@ import fmjax as fm
 from fmjax import datasets
 
 from . import _common
-from ._common import Field
 
 NAME = "digits"
 
@@ -106,7 +105,7 @@ def run(config: Config, workdir: Path | str) -> dict:
         # ---------------- Dirac velocity on the training set ----------------
         key, k0 = jax.random.split(key)
         z = jax.random.normal(k0, (n_test, d), dtype=jnp.float64)
-        v_dirac = Field(fm.dirac_velocity, dict(atoms=jnp.asarray(train)))
+        v_dirac = fm.DiracVelocity(jnp.asarray(train))
         with _common.Timer() as tm:
             sol = fm.integrate(v_dirac, z, t1=config.dirac_t1, solver="tsit5", rtol=1e-6,
                                atol=1e-6, max_steps=16_384)

@@ -25,7 +25,7 @@ import scipy.stats
 import fmjax as fm
 
 from . import _common
-from ._common import Field
+from ._common import random_spd, sigma_points
 
 NAME = "exercises"
 
@@ -51,13 +51,6 @@ class Config:
 # --------------------------------------------------------------------------------------
 # Independent NumPy references (re-derived from the seed, not calling fmjax)
 # --------------------------------------------------------------------------------------
-def random_spd(rng: np.random.Generator, d: int, *, cond: float = 10.0) -> np.ndarray:
-    """A random symmetric positive-definite matrix with eigenvalues in [1/sqrt(cond), sqrt(cond)]."""
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    ev = np.exp(rng.uniform(-0.5, 0.5, size=d) * math.log(cond))
-    return (q * ev) @ q.T
-
-
 def random_joint(rng: np.random.Generator, d: int):
     """Blocks (S0, S1, S01) of a random joint covariance of (X0, X1); S01 = Cov(X1, X0)."""
     m = random_spd(rng, 2 * d, cond=20.0)
@@ -89,17 +82,6 @@ def np_bures_map(m0, s0, m1, s1):
     r0i = np.linalg.inv(r0)
     a = r0i @ scipy.linalg.sqrtm(r0 @ s1 @ r0).real @ r0i
     return a, m1 - a @ m0
-
-
-def sigma_points(m, s):
-    r"""2d points with mean ``m`` and covariance ``s`` exactly: :math:`m \pm \sqrt{d} L e_i`.
-
-    Any quadratic function of x has the same mean over them as under N(m, s): this turns
-    the kinetic energy of an affine flow into an exact quadrature.
-    """
-    d = m.shape[0]
-    lc = np.linalg.cholesky(s) * math.sqrt(d)
-    return np.concatenate([m + lc.T, m - lc.T], axis=0)
 
 
 # --------------------------------------------------------------------------------------
@@ -228,7 +210,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         sd = np.array([0.4, 0.7, 0.3])
         kw = dict(weights=jnp.asarray(w), means0=jnp.zeros((3, 1)), covs0=jnp.ones((3, 1, 1)),
                   means1=jnp.asarray(mu[:, None]), covs1=jnp.asarray((sd**2)[:, None, None]))
-        v = Field(fm.mixture_velocity, kw)
+        v = fm.MixtureVelocity(**kw)
         x0 = np.linspace(-3.0, 3.0, n)[:, None]
         x1 = _flow(v, x0, cfg.rtol)[:, 0]
         # F_beta^{-1}(Phi(x0)) by bisection on the mixture CDF (100 halvings)
@@ -257,14 +239,14 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         z = np.zeros(d)
         kw = dict(mean0=jnp.asarray(z), cov0=jnp.asarray(c0), mean1=jnp.asarray(z),
                   cov1=jnp.asarray(c1))
-        a_flow, _ = flow_linear_map(Field(fm.gaussian_velocity, kw), z)
+        a_flow, _ = flow_linear_map(fm.GaussianVelocity(**kw), z)
         a_ot, _ = np_bures_map(z, c0, z, c1)
         e_comm = np.max(np.abs(a_flow - a_ot))
         # without joint diagonalisability the flow map is not the OT map
         n0, n1 = random_spd(rng, d, cond=30.0), random_spd(rng, d, cond=30.0)
         kw2 = dict(mean0=jnp.asarray(z), cov0=jnp.asarray(n0), mean1=jnp.asarray(z),
                    cov1=jnp.asarray(n1))
-        a2, _ = flow_linear_map(Field(fm.gaussian_velocity, kw2), z)
+        a2, _ = flow_linear_map(fm.GaussianVelocity(**kw2), z)
         a2_ot, _ = np_bures_map(z, n0, z, n1)
         gap = np.max(np.abs(a2 - a2_ot))
         # pushforward: the flow of gaussian_velocity (independent, means) sends N(m0,S0) to
@@ -272,7 +254,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         s1b = random_spd(rng, d)
         kw3 = dict(mean0=jnp.asarray(m0), cov0=jnp.asarray(s0), mean1=jnp.asarray(m1),
                    cov1=jnp.asarray(s1b))
-        a3, y0 = flow_linear_map(Field(fm.gaussian_velocity, kw3), m0)
+        a3, y0 = flow_linear_map(fm.GaussianVelocity(**kw3), m0)
         e_push = max(np.max(np.abs(a3 @ s0 @ a3.T - s1b)), np.max(np.abs(y0 - m1)))
         return [
             _row("4(b): S01 = 0, S0 S1 commute: flow map phi_1 = Bures OT map", "Ex 4(b)",
@@ -294,7 +276,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         sk01 = np.stack([b[2] for b in blocks])
         kw = dict(weights=jnp.asarray(wk), means0=jnp.asarray(mk0), covs0=jnp.asarray(sk0),
                   means1=jnp.asarray(mk1), covs1=jnp.asarray(sk1), cross_covs=jnp.asarray(sk01))
-        got = np.asarray(_vfield(Field(fm.mixture_velocity, kw))(
+        got = np.asarray(_vfield(fm.MixtureVelocity(**kw))(
             jnp.asarray(ts), jnp.asarray(xs)))
         ref = np.zeros_like(got)
         for i, (t, x) in enumerate(zip(ts, xs, strict=True)):
@@ -315,7 +297,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         # Dirac limit: X0 ~ N(0, I), X1 on K equal atoms = mixture with covs1 -> 0
         atoms = rng.normal(size=(4, d)) * 3
         w4 = np.full(4, 0.25)
-        vd = _vfield(Field(fm.dirac_velocity, dict(atoms=jnp.asarray(atoms))))
+        vd = _vfield(fm.DiracVelocity(jnp.asarray(atoms)))
         tt = jnp.asarray(rng.uniform(0.05, 0.9, n))
         xx = jnp.asarray(rng.normal(size=(n, d)))
         gd = np.asarray(vd(tt, xx))
@@ -325,7 +307,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
             kwe = dict(weights=jnp.asarray(w4), means0=jnp.zeros((4, d)),
                        covs0=jnp.broadcast_to(jnp.eye(d), (4, d, d)), means1=jnp.asarray(atoms),
                        covs1=jnp.broadcast_to(eps**2 * jnp.eye(d), (4, d, d)))
-            ge = np.asarray(_vfield(Field(fm.mixture_velocity, kwe))(tt, xx))
+            ge = np.asarray(_vfield(fm.MixtureVelocity(**kwe))(tt, xx))
             errs.append(float(np.max(np.abs(ge - gd))))
         note = "errors at eps = " + ", ".join(f"{e:.0e}: {r:.1e}" for e, r in zip(epss, errs, strict=True))
         rows.append(_row(f"5, last question: mixture with covs1 = eps^2 I -> dirac_velocity "
@@ -337,7 +319,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         # The flow of dirac_velocity sends N(0, I) onto the atoms with the right weights
         z = rng.normal(size=(cfg.n_dirac, d))
         # the field has no limit at t = 1 (X1 is discrete): stop at 1 - 1e-7
-        y = _flow(Field(fm.dirac_velocity, dict(atoms=jnp.asarray(atoms))), z, cfg.rtol,
+        y = _flow(fm.DiracVelocity(jnp.asarray(atoms)), z, cfg.rtol,
                   t1=1.0 - 1e-7)
         dist = np.linalg.norm(y[:, None, :] - atoms[None], axis=-1)
         near = np.min(dist, axis=1)
@@ -468,7 +450,7 @@ def _claims(cfg: Config) -> list[Callable[[], list[dict]]]:
         # flow matching (independent coupling) pays more: E_FM >= E||phi_1 - x||^2 >= W2^2
         kw = dict(mean0=jnp.asarray(m0), cov0=jnp.asarray(s0), mean1=jnp.asarray(m1),
                   cov1=jnp.asarray(s1i))
-        vfm = Field(fm.gaussian_velocity, kw)
+        vfm = fm.GaussianVelocity(**kw)
         e_fm = _energy(vfm, sp, cfg.rtol)
         disp = float(np.mean(np.sum((_flow(vfm, sp, cfg.rtol) - sp) ** 2, axis=1)))
         return [

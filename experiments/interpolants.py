@@ -25,7 +25,6 @@ import numpy as np
 import fmjax as fm
 
 from . import _common
-from ._common import Field
 
 NAME = "interpolants"
 PATHS = {"linear": fm.Linear(), "trigonometric": fm.Trigonometric()}
@@ -128,7 +127,7 @@ def run(config: Config, workdir: Path | str) -> dict:
         floor_cell = f"{floor:.3f} ± {floor_sd:.3f}"
         cf_rows, cf_traj = [], {}
         for name, path in PATHS.items():
-            v = Field(fm.mixture_velocity, dict(kw, path=path))
+            v = fm.MixtureVelocity(**kw, path=path)
             pe = fm.path_energy(v, x0, solver="tsit5", rtol=config.rtol, atol=config.rtol)
             w2 = float(fm.w2(pe.x, target, method="exact"))
             if config.figure:

@@ -20,6 +20,9 @@ from ._loss import flow_matching_loss
 from ._sample import sample
 from ._step import TrainState, TrainStep, make_train_step
 from .closed_form import (
+    DiracVelocity,
+    GaussianVelocity,
+    MixtureVelocity,
     affine_velocity,
     continuity_residual,
     dirac_log_density,
@@ -56,15 +59,15 @@ from .ot import (
     mccann_velocity,
     monotone_map_1d,
 )
-from .paths import AffinePath, Linear, Trigonometric, affine_path
+from .paths import AffinePath, Linear, Trigonometric, affine_path, change_path
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EXACT_MAX_SIZE", "AffineMap", "AffinePath", "FlowError", "FlowResults", "FlowSolution",
-    "History", "Linear", "McCannVelocity", "MonotoneMap1D", "NonFiniteLossError", "Preempted",
+    "EXACT_MAX_SIZE", "AffineMap", "AffinePath", "DiracVelocity", "FlowError", "FlowResults", "FlowSolution",
+    "GaussianVelocity", "History", "Linear", "McCannVelocity", "MixtureVelocity", "MonotoneMap1D", "NonFiniteLossError", "Preempted",
     "RK4", "Straightness", "TrainState", "TrainStep", "Trigonometric", "W2Result",
-    "affine_path", "affine_velocity", "auction_assignment", "continuity_residual",
+    "affine_path", "affine_velocity", "auction_assignment", "change_path", "continuity_residual",
     "dirac_log_density", "dirac_velocity", "exact_ot_permutation", "fit",
     "flow_matching_loss", "gaussian_log_density", "gaussian_ot_map", "gaussian_velocity",
     "gaussian_w2", "gaussian_w2_squared", "global_batch", "initialize_distributed",

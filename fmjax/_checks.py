@@ -136,22 +136,30 @@ def as_time(t: Any, name: str = "t", *, dtype: Any = None, low: float = 0.0,
                         f"`{name}` must lie in [{low}, {high}] (or is NaN)")
 
 
-def check_vector(x: Any, name: str, d: int | None = None, *, dtype: Any = None) -> jax.Array:
-    """One point of shape ``(d,)``."""
+def _dim_clash(name: str, got: int, ref: str | None, d: int, letter: str = "d") -> str:
+    """The second half of a size-mismatch message: both arguments and their sizes."""
+    return f" (`{name}` has {letter} = {got} but `{ref}` has {letter} = {d})" if ref else ""
+
+
+def check_vector(x: Any, name: str, d: int | None = None, *, dtype: Any = None,
+                 ref: str | None = None) -> jax.Array:
+    """One point of shape ``(d,)``; ``ref`` names the argument ``d`` was read from."""
     arr = as_float_array(x, name, ndim=1, dtype=dtype)
     if d is not None and arr.shape[0] != d:
-        raise ValueError(f"`{name}` must have shape ({d},), got shape {arr.shape}")
+        raise ValueError(f"`{name}` must have shape ({d},), got shape {arr.shape}"
+                         + _dim_clash(name, arr.shape[0], ref, d))
     return arr
 
 
 def check_batch(x: Any, name: str, d: int | None = None, *, dtype: Any = None,
-                allow_empty: bool = False) -> jax.Array:
-    """A batch of points of shape ``(n, d)``."""
+                allow_empty: bool = False, ref: str | None = None) -> jax.Array:
+    """A batch of points of shape ``(n, d)``; ``ref`` names the argument ``d`` was read from."""
     arr = as_float_array(x, name, ndim=2, dtype=dtype)
     if not allow_empty and arr.shape[0] == 0:
         raise ValueError(f"`{name}` is an empty batch, shape {arr.shape}")
     if d is not None and arr.shape[1] != d:
-        raise ValueError(f"`{name}` must have shape (n, {d}), got shape {arr.shape}")
+        raise ValueError(f"`{name}` must have shape (n, {d}), got shape {arr.shape}"
+                         + _dim_clash(name, arr.shape[1], ref, d))
     return arr
 
 
@@ -162,14 +170,16 @@ def check_same_shape(a: jax.Array, a_name: str, b: jax.Array, b_name: str) -> No
 
 
 def check_cov(S: Any, name: str, d: int | None = None, *, dtype: Any = None,
-              batch: bool = False) -> jax.Array:
-    """A symmetric positive-definite matrix ``(d, d)`` (or ``(K, d, d)`` if ``batch``)."""
+              batch: bool = False, ref: str | None = None) -> jax.Array:
+    """A symmetric positive-definite matrix ``(d, d)`` (or ``(K, d, d)`` if ``batch``);
+    ``ref`` names the argument ``d`` was read from."""
     arr = as_float_array(S, name, ndim=3 if batch else 2, dtype=dtype)
     if arr.shape[-1] != arr.shape[-2]:
         raise ValueError(f"`{name}` must be square, got shape {arr.shape}")
     if d is not None and arr.shape[-1] != d:
         want = f"(K, {d}, {d})" if batch else f"({d}, {d})"
-        raise ValueError(f"`{name}` must have shape {want}, got shape {arr.shape}")
+        raise ValueError(f"`{name}` must have shape {want}, got shape {arr.shape}"
+                         + _dim_clash(name, arr.shape[-1], ref, d))
     c = concrete(arr)
     if c is not None:
         c64 = c.astype(np.float64)
@@ -189,11 +199,14 @@ def check_cov(S: Any, name: str, d: int | None = None, *, dtype: Any = None,
     return error_if(arr, ~jnp.all(jnp.isfinite(L)), f"`{name}` is not positive definite")
 
 
-def check_weights(w: Any, name: str, k: int | None = None, *, dtype: Any = None) -> jax.Array:
-    """Probability weights: shape ``(K,)``, non-negative, summing to one."""
+def check_weights(w: Any, name: str, k: int | None = None, *, dtype: Any = None,
+                  ref: str | None = None) -> jax.Array:
+    """Probability weights: shape ``(K,)``, non-negative, summing to one; ``ref`` names the
+    argument ``K`` was read from."""
     arr = as_float_array(w, name, ndim=1, dtype=dtype)
     if k is not None and arr.shape[0] != k:
-        raise ValueError(f"`{name}` must have shape ({k},), got shape {arr.shape}")
+        raise ValueError(f"`{name}` must have shape ({k},), got shape {arr.shape}"
+                         + _dim_clash(name, arr.shape[0], ref, k, "K"))
     if arr.shape[0] == 0:
         raise ValueError(f"`{name}` is empty")
     c = concrete(arr)

@@ -1,4 +1,4 @@
-r"""Closed-form flow-matching velocities and marginal densities (seed, Exercises 1, 4, 5).
+r"""Closed-form flow-matching velocities and marginal densities (notes, Exercises 1, 4, 5).
 
 For a coupling :math:`(X_0, X_1)` and an affine path :math:`X_t = a(t) X_0 + b(t) X_1`
 (:mod:`fmjax.paths`), the flow-matching velocity is the conditional expectation
@@ -7,7 +7,7 @@ For a coupling :math:`(X_0, X_1)` and an affine path :math:`X_t = a(t) X_0 + b(t
     v_t(x) = \mathbb{E}\left[\tfrac{\mathrm{d}X_t}{\mathrm{d}t} \,\middle|\, X_t = x\right]
            = \mathbb{E}[a'(t) X_0 + b'(t) X_1 \mid X_t = x],
 
-which for the linear path is the seed's :math:`\mathbb{E}[X_1 - X_0 \mid X_t = x]`.
+which for the linear path is the notes' :math:`\mathbb{E}[X_1 - X_0 \mid X_t = x]`.
 This module gives it in closed form when :math:`(X_0, X_1)` is jointly Gaussian
 (Exercise 4), a Gaussian mixture (Exercise 5), or :math:`X_0 \sim \mathcal{N}(0, I)`
 independent of :math:`X_1` on finitely many atoms (end of Exercise 5); the matching
@@ -16,8 +16,13 @@ combinators on a velocity callable; and the continuity-equation residual.
 
 Every velocity is a callable ``v(t, x)`` on one point ``x`` of shape ``(d,)`` and a scalar
 ``t``; use ``jax.vmap`` over points. Outputs have the dtype of ``x`` (parameters are cast).
+Each closed form comes twice, sharing one jitted kernel: a function of ``(t, x)`` and the
+parameters (checked on every call), and an Equinox module (:class:`GaussianVelocity`,
+:class:`MixtureVelocity`, :class:`DiracVelocity`) that checks its parameters once, holds them
+as array leaves and has a ``log_density`` method: pass the module to ``jit``, ``grad`` or
+:func:`fmjax.integrate`. :func:`fmjax.change_path` moves any of them to another path.
 
-Notation. ``cross_cov`` is :math:`C = \mathrm{Cov}(X_1, X_0)`, the block the seed writes
+Notation. ``cross_cov`` is :math:`C = \mathrm{Cov}(X_1, X_0)`, the block the notes write
 :math:`\Sigma_{01}` (so :math:`\mathrm{Cov}(X_0, X_1) = C^\top = \Sigma_{10}`).
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,9 +49,12 @@ from ._typing import (
     VelocityField,
     WeightsLike,
 )
-from .paths import AffinePath, Linear, Trigonometric, _require_path
+from .paths import AffinePath, Linear, _require_path, _time_changed_velocity
 
 __all__ = [
+    "GaussianVelocity",
+    "MixtureVelocity",
+    "DiracVelocity",
     "gaussian_velocity",
     "gaussian_log_density",
     "mixture_velocity",
@@ -71,8 +80,9 @@ _check_path = _require_path
 _require = _checks.require
 
 
-def _point_and_time(t, x):
-    x = _checks.check_vector(x, "x")
+def _point_and_time(t, x, d: int | None = None, ref: str | None = None):
+    """Check one point ``x`` (against ``d``, read from the argument ``ref``) and a time."""
+    x = _checks.check_vector(x, "x", d, ref=ref)
     t = _checks.as_time(t, "t", dtype=x.dtype)
     return t, x
 
@@ -99,19 +109,27 @@ def _check_joint(S0, S1, C, names: tuple[str, str, str]) -> None:
         )
 
 
-def _gaussian_params(x, mean0, cov0, mean1, cov1, cross_cov, *, batch: bool, suffix: str):
-    d, dt = x.shape[0], x.dtype
+def _gaussian_params(d, dt, ref, mean0, cov0, mean1, cov1, cross_cov, *, batch: bool):
+    """Validated ``(m0, S0, m1, S1, C)`` (``C`` may be None), cast to ``dt`` unless None.
+
+    ``d`` is the dimension the parameters must have, read from the argument ``ref`` (the
+    point ``x`` of a function); with ``d = None`` it is read from the first mean.
+    """
+    s = "s" if batch else ""
+    n_m0, n_m1, n_S0, n_S1 = f"mean{s}0", f"mean{s}1", f"cov{s}0", f"cov{s}1"
     check_m = _checks.check_batch if batch else _checks.check_vector
-    m0 = check_m(mean0, "mean" + suffix.format(0), d, dtype=dt)
-    m1 = check_m(mean1, "mean" + suffix.format(1), d, dtype=dt)
-    S0 = _checks.check_cov(cov0, "cov" + suffix.format(0), d, dtype=dt, batch=batch)
-    S1 = _checks.check_cov(cov1, "cov" + suffix.format(1), d, dtype=dt, batch=batch)
+    m0 = check_m(mean0, n_m0, d, dtype=dt, ref=ref)
+    if d is None:
+        d, ref = m0.shape[-1], n_m0
+    m1 = check_m(mean1, n_m1, d, dtype=dt, ref=ref)
+    S0 = _checks.check_cov(cov0, n_S0, d, dtype=dt, batch=batch, ref=ref)
+    S1 = _checks.check_cov(cov1, n_S1, d, dtype=dt, batch=batch, ref=ref)
     C = None
     if cross_cov is not None:
-        name = "cross_covs" if batch else "cross_cov"
+        name = f"cross_cov{s}"
         C = _checks.as_float_array(cross_cov, name, ndim=3 if batch else 2, dtype=dt)
-        _checks.check_same_shape(C, name, S0, "cov" + suffix.format(0))
-        _check_joint(S0, S1, C, ("cov" + suffix.format(0), "cov" + suffix.format(1), name))
+        _checks.check_same_shape(C, name, S0, n_S0)
+        _check_joint(S0, S1, C, (n_S0, n_S1, name))
     if batch:
         k = m0.shape[0]
         for arr, nm in ((m1, "means1"), (S0, "covs0"), (S1, "covs1")):
@@ -119,6 +137,27 @@ def _gaussian_params(x, mean0, cov0, mean1, cov1, cross_cov, *, batch: bool, suf
                 raise ValueError(f"`means0` has {k} components (shape {m0.shape}) but `{nm}` has "
                                  f"shape {arr.shape}")
     return m0, S0, m1, S1, C
+
+
+def _mixture_params(d, dt, ref, weights, means0, covs0, means1, covs1, cross_covs):
+    """Validated ``(w, m0, S0, m1, S1, C)`` of a mixture (see :func:`_gaussian_params`)."""
+    m0, S0, m1, S1, C = _gaussian_params(d, dt, ref, means0, covs0, means1, covs1, cross_covs,
+                                         batch=True)
+    w = _checks.check_weights(weights, "weights", m0.shape[0], dtype=dt, ref="means0")
+    return w, m0, S0, m1, S1, C
+
+
+def _dirac_params(d, dt, ref, atoms, weights):
+    """Validated ``(Y, w)`` (``w`` None: uniform) of the Dirac target."""
+    Y = _checks.check_batch(atoms, "atoms", d, dtype=dt, ref=ref)
+    w = None
+    if weights is not None:
+        w = _checks.check_weights(weights, "weights", Y.shape[0], dtype=dt, ref="atoms")
+    return Y, w
+
+
+def _cast(params, dtype):
+    return tuple(None if p is None else p.astype(dtype) for p in params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,13 +245,32 @@ _PD_MSG = ("Sigma_t = Cov(X_t) of {} is not positive definite at this t (degener
            "or non-finite parameters)")
 
 
+_DIRAC_MSG = ("the Dirac-target velocity and density need a(t) > 0: at t = 1 (a = 0) X_t is "
+              "discrete and v_t has no limit; use t < 1")
+
+
+# Validated inputs -> (log p_t(x), v_t(x)), shared by the functions and the modules.
+def _gaussian_eval(path, t, x, params):
+    logp, v, ok = _gaussian_kernel(path, t, x, *params)
+    return _require(ok, _PD_MSG.format("the Gaussian coupling"), (logp, v))
+
+
+def _mixture_eval(path, t, x, params):
+    logp, v, ok = _mixture_kernel(path, t, x, *params)
+    return _require(ok, _PD_MSG.format("a mixture component"), (logp, v))
+
+
+def _dirac_eval(path, t, x, params):
+    logp, v, ok = _dirac_kernel(path, t, x, *params)
+    return _require(ok, _DIRAC_MSG, (logp, v))
+
+
 def _gaussian(t, x, mean0, cov0, mean1, cov1, cross_cov, path):
     path = _check_path(path)
     t, x = _point_and_time(t, x)
-    m0, S0, m1, S1, C = _gaussian_params(x, mean0, cov0, mean1, cov1, cross_cov,
-                                         batch=False, suffix="{}")
-    logp, v, ok = _gaussian_kernel(path, t, x, m0, S0, m1, S1, C)
-    return _require(ok, _PD_MSG.format("the Gaussian coupling"), (logp, v))
+    params = _gaussian_params(x.shape[0], x.dtype, "x", mean0, cov0, mean1, cov1, cross_cov,
+                              batch=False)
+    return _gaussian_eval(path, t, x, params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,7 +279,7 @@ def _gaussian(t, x, mean0, cov0, mean1, cov1, cross_cov, path):
 def gaussian_velocity(t: ScalarLike, x: VectorLike, *, mean0: VectorLike, cov0: MatrixLike,
                       mean1: VectorLike, cov1: MatrixLike, cross_cov: MatrixLike | None = None,
                       path: AffinePath = _LINEAR) -> Vector:
-    r"""Flow-matching velocity of a jointly Gaussian coupling (seed, Exercise 4).
+    r"""Flow-matching velocity of a jointly Gaussian coupling (the notes, Exercise 4).
 
     With :math:`X_t = a X_0 + b X_1`, :math:`m_t = a m_0 + b m_1`,
     :math:`\Sigma_t = a^2\Sigma_0 + b^2\Sigma_1 + ab(C + C^\top)` and
@@ -240,7 +298,7 @@ def gaussian_velocity(t: ScalarLike, x: VectorLike, *, mean0: VectorLike, cov0: 
         x: one point, shape ``(d,)``; sets the output dtype.
         mean0, mean1: means of :math:`X_0`, :math:`X_1`, shape ``(d,)``.
         cov0, cov1: symmetric positive-definite covariances, shape ``(d, d)``.
-        cross_cov: :math:`C = \mathrm{Cov}(X_1, X_0)` (the seed's :math:`\Sigma_{01}`),
+        cross_cov: :math:`C = \mathrm{Cov}(X_1, X_0)` (the notes' :math:`\Sigma_{01}`),
             shape ``(d, d)``; ``None`` for an independent coupling. The joint covariance
             must be positive semi-definite.
         path: an affine path, default ``fm.Linear()``.
@@ -289,22 +347,20 @@ def gaussian_log_density(t: ScalarLike, x: VectorLike, *, mean0: VectorLike, cov
 def _mixture_parts(t, x, weights, means0, covs0, means1, covs1, cross_covs, path):
     path = _check_path(path)
     t, x = _point_and_time(t, x)
-    m0, S0, m1, S1, C = _gaussian_params(x, means0, covs0, means1, covs1, cross_covs,
-                                         batch=True, suffix="s{}")
-    w = _checks.check_weights(weights, "weights", m0.shape[0], dtype=x.dtype)
-    logp, v, ok = _mixture_kernel(path, t, x, w, m0, S0, m1, S1, C)
-    return _require(ok, _PD_MSG.format("a mixture component"), (logp, v))
+    params = _mixture_params(x.shape[0], x.dtype, "x", weights, means0, covs0, means1, covs1,
+                             cross_covs)
+    return _mixture_eval(path, t, x, params)
 
 
 def mixture_velocity(t: ScalarLike, x: VectorLike, *, weights: WeightsLike, means0: StackLike,
                      covs0: MatrixStackLike, means1: StackLike, covs1: MatrixStackLike,
                      cross_covs: MatrixStackLike | None = None,
                      path: AffinePath = _LINEAR) -> Vector:
-    r"""Velocity of a Gaussian-mixture coupling (seed, Exercise 5).
+    r"""Velocity of a Gaussian-mixture coupling (the notes, Exercise 5).
 
     :math:`(X_0, X_1) \sim \sum_k \pi_k \mathcal{N}(m^k, \Sigma^k)`. With :math:`v^k_t` the
     :func:`gaussian_velocity` of component :math:`k` (non-zero means included, i.e. the
-    seed's :math:`w^k_t`) and responsibilities computed in log space,
+    notes' :math:`w^k_t`) and responsibilities computed in log space,
 
     .. math::
         v_t(x) = \sum_k \alpha^k(x)\, v^k_t(x), \qquad
@@ -362,20 +418,14 @@ def mixture_log_density(t: ScalarLike, x: VectorLike, *, weights: WeightsLike,
 def _dirac_parts(t, x, atoms, weights, path):
     path = _check_path(path)
     t, x = _point_and_time(t, x)
-    Y = _checks.check_batch(atoms, "atoms", x.shape[0], dtype=x.dtype)
-    w = None
-    if weights is not None:
-        w = _checks.check_weights(weights, "weights", Y.shape[0], dtype=x.dtype)
-    logp, v, ok = _dirac_kernel(path, t, x, Y, w)
-    return _require(ok, "the Dirac-target velocity and density need a(t) > 0: at t = 1 "
-                    "(a = 0) X_t is discrete and v_t has no limit; use t < 1", (logp, v))
+    return _dirac_eval(path, t, x, _dirac_params(x.shape[0], x.dtype, "x", atoms, weights))
 
 
 def dirac_velocity(t: ScalarLike, x: VectorLike, *, atoms: StackLike,
                    weights: WeightsLike | None = None, path: AffinePath = _LINEAR) -> Vector:
     r"""Velocity from :math:`X_0 \sim \mathcal{N}(0, I)` to atoms, independent coupling.
 
-    :math:`X_1 = y_k` with probability :math:`w_k` (default uniform, the seed's "K equal
+    :math:`X_1 = y_k` with probability :math:`w_k` (default uniform, the notes' "K equal
     Dirac masses"), :math:`X_0 \sim \mathcal{N}(0, I)` independent. Given :math:`k`,
     :math:`X_t \sim \mathcal{N}(b y_k, a^2 I)` and
     :math:`v^k_t(x) = b' y_k + \frac{a'}{a}(x - b y_k)`; so
@@ -424,6 +474,164 @@ def dirac_log_density(t: ScalarLike, x: VectorLike, *, atoms: StackLike,
 
 
 # ----------------------------------------------------------------------------------------
+# The same closed forms as pytrees (Equinox modules): validated once, arrays as leaves
+# ----------------------------------------------------------------------------------------
+class _ClosedFormVelocity(eqx.Module):
+    """Shared interface: ``v(t, x)`` and ``log_density(t, x)`` on one point ``x``."""
+
+    def _eval(self, t, x):  # -> (log p_t(x), v_t(x)); defined by each subclass
+        raise NotImplementedError
+
+    def __call__(self, t: ScalarLike, x: VectorLike) -> Vector:
+        """:math:`v_t(x)` for a scalar ``t`` in ``[0, 1]`` and one point ``x`` of shape
+        ``(d,)``; the output has ``x``'s dtype (the parameters are cast to it)."""
+        return self._eval(t, x)[1]
+
+    def log_density(self, t: ScalarLike, x: VectorLike) -> Scalar:
+        r""":math:`\log p_t(x)`, the log-density of :math:`X_t`, at one point ``x``."""
+        return self._eval(t, x)[0]
+
+
+class GaussianVelocity(_ClosedFormVelocity):
+    r"""The velocity of a jointly Gaussian coupling as a pytree (:func:`gaussian_velocity`).
+
+    ``GaussianVelocity(mean0, cov0, mean1, cov1, cross_cov=None, path=...)`` checks its
+    parameters once (shapes, symmetric positive-definite covariances, a positive
+    semi-definite joint covariance); ``v(t, x)`` then only checks ``t`` and ``x`` and equals
+    ``gaussian_velocity(t, x, **params)``, ``v.log_density(t, x)`` equals
+    :func:`gaussian_log_density`. The parameters are array leaves and the path is static,
+    so ``jax.jit``, ``equinox.filter_grad`` and :func:`fmjax.integrate` (which reuses its
+    compiled solve for new arrays of the same shapes) see them as data.
+
+    Attributes:
+        mean0, mean1: ``(d,)`` means of :math:`X_0`, :math:`X_1`.
+        cov0, cov1: ``(d, d)`` covariances.
+        cross_cov: ``(d, d)`` :math:`\mathrm{Cov}(X_1, X_0)`, or ``None`` (independent).
+        path: the affine path (static), default ``fm.Linear()``.
+
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> v = fm.GaussianVelocity(jnp.zeros(2), jnp.eye(2), jnp.ones(2), jnp.eye(2))
+        >>> v.dim, [float(u) for u in v(0.5, jnp.zeros(2))]  # Cov(dX_t, X_t) = 0 here: v = m1 - m0
+        (2, [1.0, 1.0])
+    """
+
+    mean0: jax.Array
+    cov0: jax.Array
+    mean1: jax.Array
+    cov1: jax.Array
+    cross_cov: jax.Array | None
+    path: AffinePath = eqx.field(static=True)
+
+    def __init__(self, mean0: VectorLike, cov0: MatrixLike, mean1: VectorLike, cov1: MatrixLike,
+                 cross_cov: MatrixLike | None = None, *, path: AffinePath = _LINEAR):
+        self.path = _check_path(path)
+        (self.mean0, self.cov0, self.mean1, self.cov1,
+         self.cross_cov) = _gaussian_params(None, None, None, mean0, cov0, mean1, cov1,
+                                            cross_cov, batch=False)
+
+    @property
+    def dim(self) -> int:
+        """The dimension ``d`` of a point."""
+        return self.mean0.shape[-1]
+
+    def _eval(self, t, x):
+        t, x = _point_and_time(t, x, self.dim, "mean0")
+        params = (self.mean0, self.cov0, self.mean1, self.cov1, self.cross_cov)
+        return _gaussian_eval(self.path, t, x, _cast(params, x.dtype))
+
+
+class MixtureVelocity(_ClosedFormVelocity):
+    r"""The velocity of a Gaussian-mixture coupling as a pytree (:func:`mixture_velocity`).
+
+    ``MixtureVelocity(weights, means0, covs0, means1, covs1, cross_covs=None, path=...)``
+    validates once; ``v(t, x)`` and ``v.log_density(t, x)`` equal :func:`mixture_velocity`
+    and :func:`mixture_log_density`. Arrays are leaves, the path is static (see
+    :class:`GaussianVelocity`).
+
+    Attributes:
+        weights: ``(K,)`` component probabilities.
+        means0, means1: ``(K, d)``.
+        covs0, covs1: ``(K, d, d)``.
+        cross_covs: ``(K, d, d)`` :math:`\mathrm{Cov}(X_1, X_0 \mid k)`, or ``None``.
+        path: the affine path (static), default ``fm.Linear()``.
+
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> covs = jnp.stack([jnp.eye(2)] * 2)
+        >>> v = fm.MixtureVelocity(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), covs,
+        ...                        jnp.array([[1., 0.], [-1., 0.]]), covs)
+        >>> v.dim, round(float(v(0.5, jnp.zeros(2))[0]), 4)  # symmetric: zero at the origin
+        (2, 0.0)
+    """
+
+    weights: jax.Array
+    means0: jax.Array
+    covs0: jax.Array
+    means1: jax.Array
+    covs1: jax.Array
+    cross_covs: jax.Array | None
+    path: AffinePath = eqx.field(static=True)
+
+    def __init__(self, weights: WeightsLike, means0: StackLike, covs0: MatrixStackLike,
+                 means1: StackLike, covs1: MatrixStackLike,
+                 cross_covs: MatrixStackLike | None = None, *, path: AffinePath = _LINEAR):
+        self.path = _check_path(path)
+        (self.weights, self.means0, self.covs0, self.means1, self.covs1,
+         self.cross_covs) = _mixture_params(None, None, None, weights, means0, covs0, means1,
+                                            covs1, cross_covs)
+
+    @property
+    def dim(self) -> int:
+        """The dimension ``d`` of a point."""
+        return self.means0.shape[-1]
+
+    def _eval(self, t, x):
+        t, x = _point_and_time(t, x, self.dim, "means0")
+        params = (self.weights, self.means0, self.covs0, self.means1, self.covs1,
+                  self.cross_covs)
+        return _mixture_eval(self.path, t, x, _cast(params, x.dtype))
+
+
+class DiracVelocity(_ClosedFormVelocity):
+    r"""The velocity from :math:`\mathcal{N}(0, I)` to atoms as a pytree (:func:`dirac_velocity`).
+
+    ``DiracVelocity(atoms, weights=None, path=...)`` validates once; ``v(t, x)`` and
+    ``v.log_density(t, x)`` equal :func:`dirac_velocity` and :func:`dirac_log_density`
+    (``t`` with :math:`a(t) = 0`, i.e. ``t = 1``, raises: the field has no limit there).
+
+    Attributes:
+        atoms: ``(K, d)`` atoms :math:`y_k`.
+        weights: ``(K,)`` probabilities, or ``None`` (uniform).
+        path: the affine path (static), default ``fm.Linear()``.
+
+    Example:
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> v = fm.DiracVelocity(jnp.array([[1., 0.], [1., 0.]]))
+        >>> v.dim, [round(float(u), 4) for u in v(0.5, jnp.zeros(2))]  # (ybar - x)/(1 - t)
+        (2, [2.0, 0.0])
+    """
+
+    atoms: jax.Array
+    weights: jax.Array | None
+    path: AffinePath = eqx.field(static=True)
+
+    def __init__(self, atoms: StackLike, weights: WeightsLike | None = None, *,
+                 path: AffinePath = _LINEAR):
+        self.path = _check_path(path)
+        self.atoms, self.weights = _dirac_params(None, None, None, atoms, weights)
+
+    @property
+    def dim(self) -> int:
+        """The dimension ``d`` of a point."""
+        return self.atoms.shape[-1]
+
+    def _eval(self, t, x):
+        t, x = _point_and_time(t, x, self.dim, "atoms")
+        return _dirac_eval(self.path, t, x, _cast((self.atoms, self.weights), x.dtype))
+
+
+# ----------------------------------------------------------------------------------------
 # Exercise 1: transformations of the coupling as combinators
 # ----------------------------------------------------------------------------------------
 def _callable(v, name="v"):
@@ -440,7 +648,7 @@ def affine_velocity(v: VelocityField, A: MatrixLike, b: VectorLike, *,
     .. math::
         v^{A,b}_t(x) = A\, v_t\big(A^{-1}(x - (a + b_t)\,b)\big) + (a' + b_t')\,b,
 
-    which for the linear path (:math:`a + b_t = 1`) is the seed's
+    which for the linear path (:math:`a + b_t = 1`) is the notes'
     :math:`A v_t(A^{-1}(x - b))`. Here :math:`b_t` is the path coefficient and :math:`b`
     the shift vector.
 
@@ -520,59 +728,23 @@ def shift_target_velocity(v: VelocityField, b: VectorLike,
     return v_b
 
 
-def _snr_match(path, t, c):
-    r"""The time r with b(r)/a(r) = c b(t)/a(t), and the scale s with X'_t = s X_r.
-
-    Closed form for the linear and trigonometric paths; otherwise bisection on the sign of
-    b(r) a(t) - c b(t) a(r) (assumes b/a increasing) made differentiable in t by one
-    implicit-function (Newton) correction. Division-free, so r = 1 at t = 1.
-    """
-    a_t, b_t = path.coefficients(t)
-    cb = c * b_t
-    if isinstance(path, Linear):
-        r = cb / (a_t + cb)
-    elif isinstance(path, Trigonometric):
-        r = jnp.arctan2(cb, a_t) / (0.5 * math.pi)
-    else:
-        def g(rr, tt):
-            at, bt = path.coefficients(tt)
-            ar, br = path.coefficients(rr)
-            return br * at - c * bt * ar
-
-        def body(_, lohi):
-            lo, hi = lohi
-            mid = 0.5 * (lo + hi)
-            above = g(mid, t) > 0
-            return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
-
-        t0 = jax.lax.stop_gradient(t)
-        lo, hi = jax.lax.fori_loop(0, 64, body, (jnp.zeros_like(t0), jnp.ones_like(t0)))
-        r0 = jax.lax.stop_gradient(0.5 * (lo + hi))
-        dg_dr = jax.lax.stop_gradient(jax.grad(g, argnums=0)(r0, t0))
-        dg_dr = jnp.where(dg_dr == 0, jnp.ones_like(dg_dr), dg_dr)  # 0/0 guard; value is r0
-        gt = g(r0, t)
-        r = r0 - (gt - jax.lax.stop_gradient(gt)) / dg_dr
-    a_r, b_r = path.coefficients(r)
-    # s a(r) = a(t) and s b(r) = c b(t) hold together; combine them stably at both ends.
-    s = (a_t * a_r + cb * b_r) / (a_r * a_r + b_r * b_r)
-    return r, s
-
-
 def scale_target_velocity(v: VelocityField, c: ScalarLike,
                           path: AffinePath = _LINEAR) -> VelocityField:
     r"""Exercise 1(c): the velocity of the coupling :math:`(X_0, c X_1)`, :math:`c > 0`.
 
     :math:`X'_t = a(t) X_0 + c\,b(t) X_1 = s\,X_r` with :math:`b(r)/a(r) = c\,b(t)/a(t)`
-    and :math:`s = a(t)/a(r)`; differentiating,
+    and :math:`s = a(t)/a(r) = c\,b(t)/b(r)`; differentiating,
 
     .. math::
         v^c_t(x) = \frac{s'}{s}\,x + s\,r'\,v_r\!\left(\frac{x}{s}\right).
 
     Linear path: :math:`s = 1 - t + tc`, :math:`r = tc/s`, :math:`r' = c/s^2`, i.e. the
-    seed's :math:`\frac{c}{1-t+tc} v_r(\frac{x}{1-t+tc}) + \frac{c-1}{1-t+tc}x`. The
-    trigonometric path has closed forms too; a general path uses bisection on
-    :math:`b/a` (assumed increasing) with an implicit derivative. :math:`(r, s)`
-    derivatives come from ``jax.jvp``.
+    notes' :math:`\frac{c}{1-t+tc} v_r(\frac{x}{1-t+tc}) + \frac{c-1}{1-t+tc}x`. This is
+    :func:`fmjax.change_path` to the "path" :math:`(a, c\,b)` and shares its numerics (the
+    path's inverse signal-to-noise ratio: closed form for the linear and trigonometric
+    paths, bisection with an implicit derivative otherwise; :math:`(r, s)` derivatives from
+    ``jax.jvp``). Where the path's :math:`b'a - ba'` vanishes (e.g. :math:`b = t^2` at
+    :math:`t = 0`) :math:`r'` is taken as 0, which is exact when :math:`v_r = 0` there.
 
     Args:
         v: velocity ``v(t, x)`` of :math:`(X_0, X_1)` on the same ``path``.
@@ -596,9 +768,12 @@ def scale_target_velocity(v: VelocityField, c: ScalarLike,
         t, x = _point_and_time(t, x)
         cd = c0.astype(x.dtype)
         cd = _require(cd > 0, "`c` must be positive", cd)
-        (r, s), (dr, ds) = jax.jvp(lambda tt: _snr_match(path, tt, cd), (t,), (jnp.ones_like(t),))
-        r = jnp.where(r > 1, jnp.ones_like(r), r)  # f32 round-off guard (trig path, t = 1)
-        return (ds / s) * x + (s * dr) * v(r, x / s)
+
+        def target(tt):  # X'_t = a(t) X0 + c b(t) X1
+            a_t, b_t = path.coefficients(tt)
+            return a_t, cd * b_t
+
+        return _time_changed_velocity(v, path, target, t, x)
 
     return v_c
 
@@ -608,7 +783,7 @@ def scale_target_velocity(v: VelocityField, c: ScalarLike,
 # ----------------------------------------------------------------------------------------
 def continuity_residual(log_density: LogDensity, velocity: VelocityField, t: ScalarLike,
                         x: VectorLike) -> Scalar:
-    r"""Residual of the continuity equation (seed, "Continuity Equation"), divided by p_t.
+    r"""Residual of the continuity equation (the notes, "Continuity Equation"), divided by p_t.
 
     .. math::
         \frac{\partial_t p_t + \mathrm{div}(p_t v_t)}{p_t}
@@ -629,7 +804,7 @@ def continuity_residual(log_density: LogDensity, velocity: VelocityField, t: Sca
     Example:
         >>> import jax.numpy as jnp, fmjax as fm
         >>> logp = lambda t, x: -0.5 * jnp.dot(x, x)  # N(0, I) up to a constant
-        >>> rot = lambda t, x: jnp.array([-x[1], x[0]])  # the seed's rotation example
+        >>> rot = lambda t, x: jnp.array([-x[1], x[0]])  # the notes' rotation example
         >>> float(fm.continuity_residual(logp, rot, 0.5, jnp.array([1.0, 2.0])))
         0.0
     """

@@ -143,8 +143,18 @@ def _gauss_call(fn, kw):
     return fn(kw.pop("t"), kw.pop("x"), **kw)
 
 
-def _gaussian_cases(name):
-    fn = getattr(fm, name)
+def _module_fn(cls):
+    """``fn(t, x, **params)`` through the closed-form module ``cls``: parameters are checked
+    when it is built, ``t`` and ``x`` when it (and its ``log_density``) is called."""
+    def fn(t, x, **kw):
+        v = cls(**kw)
+        return v(t, x), v.log_density(t, x)
+
+    return fn
+
+
+def _gaussian_cases(name, fn=None):
+    fn = fn or getattr(fm, name)
 
     def call(**over):
         return _gauss_call(fn, _with(GAUSS, **over))
@@ -177,14 +187,15 @@ def _gaussian_cases(name):
 
 _gaussian_cases("gaussian_velocity")
 _gaussian_cases("gaussian_log_density")
+_gaussian_cases("GaussianVelocity", _module_fn(fm.GaussianVelocity))
 
 
 # --- closed forms: mixtures -------------------------------------------------------------------
 MIX = dict(t=0.4, x=X, weights=W, means0=MS0, covs0=CS0, means1=MS1, covs1=CS1)
 
 
-def _mixture_cases(name):
-    fn = getattr(fm, name)
+def _mixture_cases(name, fn=None):
+    fn = fn or getattr(fm, name)
 
     def call(**over):
         return _gauss_call(fn, _with(MIX, **over))
@@ -222,14 +233,15 @@ def _mixture_cases(name):
 
 _mixture_cases("mixture_velocity")
 _mixture_cases("mixture_log_density")
+_mixture_cases("MixtureVelocity", _module_fn(fm.MixtureVelocity))
 
 
 # --- closed forms: Dirac target -----------------------------------------------------------
 DIRAC = dict(t=0.4, x=X, atoms=ATOMS)
 
 
-def _dirac_cases(name):
-    fn = getattr(fm, name)
+def _dirac_cases(name, fn=None):
+    fn = fn or getattr(fm, name)
 
     def call(**over):
         return _gauss_call(fn, _with(DIRAC, **over))
@@ -251,6 +263,30 @@ def _dirac_cases(name):
 
 _dirac_cases("dirac_velocity")
 _dirac_cases("dirac_log_density")
+_dirac_cases("DiracVelocity", _module_fn(fm.DiracVelocity))
+
+
+# --- changing the path of a velocity ---------------------------------------------------------
+QUAD_PATH = fm.affine_path(lambda t: 1 - t**2, lambda t: t**2)  # b'(0) = 0: not invertible
+_gv_lin = fm.GaussianVelocity(M0, S0, M1, S1)
+_cp = fm.change_path(_gv_lin, trained_on=fm.Linear(), to=fm.Trigonometric())
+VALID["change_path"] = lambda: (_cp(0.0, X), _cp(0.4, X), _cp(1.0, X))
+bad("change_path", "velocity not callable", "velocity",
+    lambda: fm.change_path(S0, trained_on=fm.Linear(), to=fm.Trigonometric()))
+bad("change_path", "trained_on not a path", "trained_on",
+    lambda: fm.change_path(vel, trained_on="linear", to=fm.Trigonometric()))
+bad("change_path", "to not a path", "to",
+    lambda: fm.change_path(vel, trained_on=fm.Linear(), to=None))
+bad("change_path", "trained_on with b'(0) = 0", "trained_on",
+    lambda: fm.change_path(vel, trained_on=QUAD_PATH, to=fm.Linear()))
+bad("change_path", "trained_on not ending at X1", "trained_on",
+    lambda: fm.change_path(vel, trained_on=fm.affine_path(lambda t: 1 - t / 2, lambda t: t),
+                           to=fm.Linear()))
+bad("change_path", "to with a(t) < 0", "to",
+    lambda: fm.change_path(vel, trained_on=fm.Linear(),
+                           to=fm.affine_path(lambda t: 1 - 2 * t, lambda t: t)))
+_time_cases("change_path", lambda t: _cp(t, X))
+_point_cases("change_path", lambda x: _cp(0.3, x), dim_names=("x", "mean0"))
 
 
 # --- Exercise 1 combinators and the continuity residual -----------------------------------
@@ -879,6 +915,8 @@ def _jit_cases():
     dv = jax.jit(lambda t: fm.dirac_velocity(t, X, atoms=ATOMS))
     gc = jax.jit(lambda c: fm.gaussian_velocity(0.4, X, mean0=M0, cov0=c, mean1=M1, cov1=S1))
     mc = jax.jit(lambda t: _mv(t, X))
+    gm = jax.jit(lambda t, S: fm.GaussianVelocity(M0, S, M1, S1)(t, X))
+    cp = jax.jit(lambda t: _cp(t, X))
     return [
         ("gaussian_velocity", "traced t > 1", "t", lambda: gv(1.5, X)),
         ("gaussian_velocity", "traced t NaN", "t", lambda: gv(NAN, X)),
@@ -888,6 +926,9 @@ def _jit_cases():
          lambda: mv(np.array([0.3, 0.3]))),
         ("dirac_velocity", "traced t = 1", "t", lambda: dv(1.0)),
         ("McCannVelocity", "traced t < 0", "t", lambda: mc(-0.5)),
+        ("GaussianVelocity", "traced t > 1", "t", lambda: gm(1.5, S0)),
+        ("GaussianVelocity", "traced cov0 not PD", "cov0", lambda: gm(0.4, NONPD)),
+        ("change_path", "traced t < 0", "t", lambda: cp(-0.5)),
     ]
 
 

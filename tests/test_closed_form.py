@@ -554,3 +554,198 @@ def test_dtype_follows_x():
     assert v.dtype == jnp.float32
     # independent unit covariances at t = 1/2: Cov(dX_t, X_t) = (-S0 + S1)/2 = 0, so v = m1 - m0
     np.testing.assert_allclose(v, [1.0, 1.0], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# The closed forms as Equinox modules (GaussianVelocity, MixtureVelocity, DiracVelocity)
+# ----------------------------------------------------------------------------------------
+def _modules_and_kwargs(path):
+    """(module, function kwargs, velocity fn, log-density fn) for the three closed forms."""
+    rng = np.random.default_rng(31)
+    S0, S1, C, _ = random_joint(rng, 3)
+    g = dict(mean0=rng.normal(size=3), cov0=S0, mean1=rng.normal(size=3), cov1=S1,
+             cross_cov=C)
+    m, _ = make_mixture(rng, 3, 3)
+    dk = dict(atoms=2 * rng.normal(size=(6, 3)), weights=rng.dirichlet(np.ones(6)))
+    return [
+        (fm.GaussianVelocity(**g, path=path), g, fm.gaussian_velocity, fm.gaussian_log_density),
+        (fm.MixtureVelocity(**m, path=path), m, fm.mixture_velocity, fm.mixture_log_density),
+        (fm.DiracVelocity(**dk, path=path), dk, fm.dirac_velocity, fm.dirac_log_density),
+    ]
+
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_modules_equal_functions(name):
+    path = PATHS[name]
+    rng = np.random.default_rng(32)
+    for mod, kw, vel, logd in _modules_and_kwargs(path):
+        assert mod.dim == 3 and mod.path == path
+        for t in [0.0, 0.37, 0.81, 1.0]:
+            if isinstance(mod, fm.DiracVelocity) and t == 1.0:
+                continue  # no limit at t = 1 (checked in test_module_bad_parameters)
+            x = jnp.asarray(rng.normal(size=3))
+            v_f, lp_f = vel(t, x, path=path, **kw), logd(t, x, path=path, **kw)
+            v_m, lp_m = mod(t, x), mod.log_density(t, x)
+            np.testing.assert_allclose(v_m, v_f, rtol=1e-12, atol=1e-12)
+            assert abs(float(lp_m) - float(lp_f)) <= 1e-12 * (1 + abs(float(lp_f)))
+    # ... and the Gaussian module against the independent conditioning reference.
+    rng = np.random.default_rng(33)
+    S0, S1, C, M = random_joint(rng, 3)
+    m0, m1 = rng.normal(size=3), rng.normal(size=3)
+    mod = fm.GaussianVelocity(m0, S0, m1, S1, C, path=path)
+    for t in [0.0, 0.6, 1.0]:
+        x = rng.normal(size=3)
+        v_ref, lp_ref = ref_velocity_and_logpdf(name, t, x, m0, m1, M)
+        assert rel_err(mod(t, jnp.asarray(x)), v_ref) < 1e-10
+        assert abs(float(mod.log_density(t, jnp.asarray(x))) - lp_ref) < 1e-10 * (1 + abs(lp_ref))
+
+
+def test_modules_dtype_follows_x():
+    for mod, _, _, _ in _modules_and_kwargs(fm.Trigonometric()):
+        x32 = jnp.asarray([0.3, -0.2, 0.5], jnp.float32)
+        v32, v64 = mod(0.4, x32), mod(0.4, x32.astype(jnp.float64))
+        assert v32.dtype == jnp.float32 and mod.log_density(0.4, x32).dtype == jnp.float32
+        assert v64.dtype == jnp.float64
+        assert rel_err(v32, v64) < 1e-5
+
+
+def test_modules_jit_vmap():
+    rng = np.random.default_rng(34)
+    ts = jnp.asarray([0.1, 0.5, 0.9])
+    xs = jnp.asarray(rng.normal(size=(3, 3)))
+    for mod, kw, vel, logd in _modules_and_kwargs(fm.Linear()):
+        f = jax.jit(jax.vmap(lambda v, t, x: (v(t, x), v.log_density(t, x)),
+                             in_axes=(None, 0, 0)))
+        got_v, got_lp = f(mod, ts, xs)
+        for i in range(3):
+            np.testing.assert_allclose(got_v[i], vel(float(ts[i]), xs[i], **kw), rtol=1e-12,
+                                       atol=1e-12)
+            np.testing.assert_allclose(got_lp[i], logd(float(ts[i]), xs[i], **kw), rtol=1e-12)
+
+
+def test_gaussian_module_gradients_analytic():
+    """jax.grad w.r.t. x and equinox.filter_grad w.r.t. the module's arrays vs the analytic
+    derivatives of v_t(x) = a'm0 + b'm1 + P S_t^{-1}(x - a m0 - b m1) and log N(x; m_t, S_t)."""
+    import equinox as eqx
+
+    rng = np.random.default_rng(35)
+    S0, S1, C, _ = random_joint(rng, 3)
+    m0, m1 = rng.normal(size=3), rng.normal(size=3)
+    mod = fm.GaussianVelocity(m0, S0, m1, S1, C, path=fm.Trigonometric())
+    t, x, u = 0.3, rng.normal(size=3), rng.normal(size=3)
+    a, b, da, db = coef("trigonometric", t)
+    St = a * a * S0 + b * b * S1 + a * b * (C + C.T)
+    P = da * a * S0 + db * b * S1 + da * b * C.T + a * db * C
+    Si = np.linalg.inv(St)
+    r = x - a * m0 - b * m1
+
+    def f(v, y):
+        return jnp.dot(jnp.asarray(u), v(t, y)) + v.log_density(t, y)
+
+    gx = jax.jit(jax.grad(f, argnums=1))(mod, jnp.asarray(x))
+    np.testing.assert_allclose(gx, Si @ P.T @ u - Si @ r, rtol=1e-10, atol=1e-12)
+    gm = eqx.filter_jit(eqx.filter_grad(f))(mod, jnp.asarray(x))
+    assert isinstance(gm, fm.GaussianVelocity)
+    np.testing.assert_allclose(gm.mean1, db * u - b * Si @ P.T @ u + b * Si @ r,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gm.mean0, da * u - a * Si @ P.T @ u + a * Si @ r,
+                               rtol=1e-10, atol=1e-12)
+    # cov1: central differences of the function form (symmetric perturbations).
+    E = np.zeros((3, 3))
+    E[0, 1] = E[1, 0] = 1.0
+    h = 1e-6
+    fd = (float(f(fm.GaussianVelocity(m0, S0, m1, S1 + h * E, C, path=fm.Trigonometric()),
+                  jnp.asarray(x)))
+          - float(f(fm.GaussianVelocity(m0, S0, m1, S1 - h * E, C, path=fm.Trigonometric()),
+                    jnp.asarray(x)))) / (2 * h)
+    assert abs(float(jnp.sum(gm.cov1 * E)) - fd) < 1e-6 * (1 + abs(fd))
+
+
+def test_module_bad_parameters():
+    I, z = np.eye(2), np.zeros(2)
+    cases = [
+        (lambda: fm.GaussianVelocity(z, np.eye(3), z, I),
+         r"`cov0` must have shape \(2, 2\).*`cov0` has d = 3 but `mean0` has d = 2"),
+        (lambda: fm.GaussianVelocity(np.zeros(3), np.eye(3), z, I),
+         r"`mean1` has d = 2 but `mean0` has d = 3"),
+        (lambda: fm.GaussianVelocity(z, I, z, np.array([[1.0, 2.0], [2.0, 1.0]])),
+         r"`cov1` must be positive definite"),
+        (lambda: fm.GaussianVelocity(z, I, z, I, 2 * I), r"`cross_cov` is inconsistent"),
+        (lambda: fm.GaussianVelocity(z, I, z, I, path="linear"), r"`path` must be"),
+        (lambda: fm.MixtureVelocity(np.array([0.5, 0.6]), np.zeros((2, 2)), np.stack([I, I]),
+                                    np.zeros((2, 2)), np.stack([I, I])),
+         r"`weights` must sum to 1"),
+        (lambda: fm.MixtureVelocity(np.array([1.0]), np.zeros((2, 2)), np.stack([I, I]),
+                                    np.zeros((2, 2)), np.stack([I, I])),
+         r"`weights` has K = 1 but `means0` has K = 2"),
+        (lambda: fm.DiracVelocity(np.zeros((3, 2)), np.array([0.5, 0.5])),
+         r"`weights` has K = 2 but `atoms` has K = 3"),
+        (lambda: fm.DiracVelocity(np.zeros(2)), r"`atoms` must have rank 2"),
+    ]
+    for thunk, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            thunk()
+    # calls: x of the wrong d names both arguments; t is checked eagerly and under jit
+    g = fm.GaussianVelocity(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r"`x` has d = 4 but `mean0` has d = 3"):
+        g(0.5, jnp.zeros(4))
+    mix = fm.MixtureVelocity(np.ones(1), np.zeros((1, 3)), np.eye(3)[None], np.zeros((1, 3)),
+                             np.eye(3)[None])
+    with pytest.raises(ValueError, match=r"`x` has d = 2 but `means0` has d = 3"):
+        mix(0.5, jnp.zeros(2))
+    dirac = fm.DiracVelocity(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"`x` has d = 1 but `atoms` has d = 3"):
+        dirac.log_density(0.5, jnp.zeros(1))
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0.0, 1.0\], got t=1.5"):
+        g(1.5, jnp.zeros(3))
+    with pytest.raises(Exception, match=r"`t` must lie in"):
+        jax.block_until_ready(jax.jit(lambda t, x: g(t, x))(jnp.float64(-0.5), jnp.zeros(3)))
+    with pytest.raises(ValueError, match=r"a\(t\) > 0"):
+        dirac(1.0, jnp.zeros(3))
+    # traced parameters: construction inside jit checks them with eqx.error_if
+    bad_cov = jax.jit(lambda S: fm.GaussianVelocity(np.zeros(3), S, np.zeros(3), np.eye(3))(
+        0.5, jnp.zeros(3)))
+    np.testing.assert_allclose(bad_cov(jnp.eye(3)), 0.0, atol=1e-15)  # S0 = S1 = I at t = 1/2
+    with pytest.raises(Exception, match=r"`cov0` is not positive definite"):
+        jax.block_until_ready(bad_cov(-jnp.eye(3)))
+
+
+def test_integrate_compiles_once_for_modules_of_the_same_shapes():
+    """fm.integrate caches its compiled solve on the non-array part of the velocity: two
+    modules with different arrays of the same shapes share it (no backend compilation on
+    the second call); a closure over the function form recompiles (the check has power)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def compiles():
+        n = [0]
+
+        def listener(event, duration, **kwargs):
+            n[0] += event == "/jax/core/compile/backend_compile_duration"
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            yield n
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+
+    rng = np.random.default_rng(36)
+    x0 = jnp.asarray(rng.normal(size=(5, 3)))
+    couplings = []
+    for _ in range(3):
+        S0, S1, C, _ = random_joint(rng, 3)
+        couplings.append(dict(mean0=rng.normal(size=3), cov0=S0, mean1=rng.normal(size=3),
+                              cov1=S1, cross_cov=C))
+    tol = dict(rtol=1e-8, atol=1e-8)
+    fm.integrate(fm.GaussianVelocity(**couplings[0]), x0, **tol)  # compiles
+    with compiles() as n_module:
+        outs = [fm.integrate(fm.GaussianVelocity(**kw), x0, **tol).x for kw in couplings[1:]]
+    assert n_module[0] == 0
+    with compiles() as n_closure:
+        fm.integrate(lambda t, x: fm.gaussian_velocity(t, x, **couplings[2]), x0, **tol)
+    assert n_closure[0] >= 1
+    # the cached solve is not stale: each module's flow equals its own closure's flow
+    for kw, out in zip(couplings[1:], outs, strict=True):
+        ref = fm.integrate(lambda t, x, kw=kw: fm.gaussian_velocity(t, x, **kw), x0, **tol).x
+        np.testing.assert_allclose(out, ref, atol=1e-9)
+        assert float(jnp.max(jnp.abs(out - x0))) > 0.1

@@ -71,6 +71,23 @@ POINT_CASES = {
     "dirac_velocity": lambda xd, pd: fm.dirac_velocity(0.4, _c(X, xd), atoms=_c(ATOMS, pd)),
     "dirac_log_density": lambda xd, pd: fm.dirac_log_density(
         0.4, _c(X, xd), atoms=_c(ATOMS, pd), weights=_c([0.2, 0.3, 0.5], pd)),
+    "GaussianVelocity.__call__": lambda xd, pd: fm.GaussianVelocity(
+        _c(M0, pd), _c(S0, pd), _c(M1, pd), _c(S1, pd), _c(CROSS, pd))(0.4, _c(X, xd)),
+    "GaussianVelocity.log_density": lambda xd, pd: fm.GaussianVelocity(
+        _c(M0, pd), _c(S0, pd), _c(M1, pd), _c(S1, pd),
+        path=fm.Trigonometric()).log_density(1.0, _c(X, xd)),
+    "MixtureVelocity.__call__": lambda xd, pd: fm.MixtureVelocity(
+        _c(W, pd), _c(MS0, pd), _c(CS0, pd), _c(MS1, pd), _c(CS1, pd))(0.4, _c(X, xd)),
+    "MixtureVelocity.log_density": lambda xd, pd: fm.MixtureVelocity(
+        _c(W, pd), _c(MS0, pd), _c(CS0, pd), _c(MS1, pd), _c(CS1, pd)).log_density(
+        0.4, _c(X, xd)),
+    "DiracVelocity.__call__": lambda xd, pd: fm.DiracVelocity(_c(ATOMS, pd))(0.4, _c(X, xd)),
+    "DiracVelocity.log_density": lambda xd, pd: fm.DiracVelocity(
+        _c(ATOMS, pd), _c([0.2, 0.3, 0.5], pd)).log_density(0.4, _c(X, xd)),
+    "change_path (linear -> trig, s = 0.4 and 1)": lambda xd, pd: [
+        fm.change_path(fm.GaussianVelocity(_c(M0, pd), _c(S0, pd), _c(M1, pd), _c(S1, pd)),
+                       trained_on=fm.Linear(), to=fm.Trigonometric())(s, _c(X, xd))
+        for s in (0.4, 1.0)],
     "affine_velocity": lambda xd, pd: fm.affine_velocity(vel, _c(A2, pd), _c(M1, pd))(
         0.4, _c(X, xd)),
     "shift_target_velocity": lambda xd, pd: fm.shift_target_velocity(vel, _c(M1, pd))(

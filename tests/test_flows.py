@@ -23,6 +23,7 @@ import scipy.optimize
 import scipy.stats
 
 import fmjax as fm
+from experiments._common import sigma_points
 
 D = 3
 TIGHT = dict(rtol=1e-10, atol=1e-10)
@@ -46,13 +47,6 @@ def _bures(m0, S0, m1, S1):
     return A, m1 - A @ m0, w2sq
 
 
-def _sigma_points(m, S):
-    """2d points whose empirical mean of any quadratic equals its N(m, S) expectation."""
-    d = m.shape[0]
-    L = np.linalg.cholesky(S) * np.sqrt(d)
-    return np.concatenate([m + L.T, m - L.T], axis=0)
-
-
 def _affine_from_flow(x):
     """Given the images of [m0, m0 + e_1, ..., m0 + e_d] by an affine map, return (A, image of m0)."""
     return (x[1:] - x[0]).T, x[0]
@@ -70,31 +64,12 @@ def _batch(m0, S0):
 
     All D-dimensional tests use this one shape so that Diffrax compiles each solve once.
     """
-    return np.concatenate([_probe_points(m0, D), _sigma_points(m0, S0)], axis=0)
+    return np.concatenate([_probe_points(m0, D), sigma_points(m0, S0)], axis=0)
 
 
 # ----------------------------------------------------------------------------------------
 # Velocity fields as pytrees
 # ----------------------------------------------------------------------------------------
-class GaussFM(eqx.Module):
-    """fm.gaussian_velocity of a Gaussian coupling; cross = Cov(X1, X0) (zeros: independent)."""
-
-    m0: jax.Array
-    S0: jax.Array
-    m1: jax.Array
-    S1: jax.Array
-    cross: jax.Array
-
-    @classmethod
-    def make(cls, m0, S0, m1, S1, cross=None, dtype=jnp.float64):
-        cross = np.zeros_like(S0) if cross is None else cross
-        return cls(*(jnp.asarray(a, dtype) for a in (m0, S0, m1, S1, cross)))
-
-    def __call__(self, t, x):
-        return fm.gaussian_velocity(t, x, mean0=self.m0, cov0=self.S0, mean1=self.m1,
-                                    cov1=self.S1, cross_cov=self.cross)
-
-
 class Linear(eqx.Module):
     """v(t, x) = a B x (flow: expm(a t B) x)."""
 
@@ -128,7 +103,8 @@ def commuting():
 # ----------------------------------------------------------------------------------------
 def test_gaussian_flow_pushes_s0_to_s1(gauss):
     m0, S0, m1, S1 = gauss
-    x1 = np.asarray(fm.integrate(GaussFM.make(*gauss), jnp.asarray(_batch(m0, S0)), **TIGHT).x)
+    x1 = np.asarray(fm.integrate(fm.GaussianVelocity(*gauss), jnp.asarray(_batch(m0, S0)),
+                                 **TIGHT).x)
     A, mean = _affine_from_flow(x1[:NP])
     np.testing.assert_allclose(A @ S0 @ A.T, S1, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mean, m1, atol=1e-7)
@@ -169,7 +145,7 @@ def test_independent_fm_energy_exceeds_w2_squared(gauss):
     m0, S0, m1, S1 = gauss
     _, _, w2sq = _bures(m0, S0, m1, S1)
     xs = _batch(m0, S0)
-    out = fm.straightness(GaussFM.make(*gauss), jnp.asarray(xs), **TIGHT)
+    out = fm.straightness(fm.GaussianVelocity(*gauss), jnp.asarray(xs), **TIGHT)
     E = float(jnp.mean(out.per_particle_energy[NP:]))
     straight = float(np.mean(np.sum((np.asarray(out.x1) - xs)[NP:] ** 2, 1)))  # Jensen bound
     npe = float(fm.normalized_path_energy(E, w2sq))
@@ -182,7 +158,7 @@ def test_independent_fm_energy_exceeds_w2_squared(gauss):
 
 def test_exercise_4b_time1_map_is_ot_map_float32(commuting):
     m0, S0, m1, S1 = commuting
-    v = GaussFM.make(*commuting, dtype=jnp.float32)  # cross_cov = 0
+    v = fm.GaussianVelocity(*commuting)  # cross_cov = 0
     x0 = _batch(m0, S0)
     sol = fm.integrate(v, jnp.asarray(x0, jnp.float32), rtol=1e-6, atol=1e-6)
     assert sol.x.dtype == jnp.float32
@@ -200,12 +176,12 @@ def test_exercise_2_shift_and_scale(commuting, gauss):
     A, bT, _ = _bures(m0, S0, m1, S1)
     x0 = jnp.asarray(_batch(m0, S0))
     T = np.asarray(x0) @ A.T + bT
-    x_shift = fm.integrate(GaussFM.make(m0, S0, m1 + shift, S1), x0, **TIGHT).x
-    x_scale = fm.integrate(GaussFM.make(m0, S0, c * m1, c * c * S1), x0, **TIGHT).x
+    x_shift = fm.integrate(fm.GaussianVelocity(m0, S0, m1 + shift, S1), x0, **TIGHT).x
+    x_scale = fm.integrate(fm.GaussianVelocity(m0, S0, c * m1, c * c * S1), x0, **TIGHT).x
     np.testing.assert_allclose(x_shift, T + shift, atol=1e-7)
     np.testing.assert_allclose(x_scale, c * T, atol=1e-7)
     # Exercise 1(b)'s combinator integrates to the same map.
-    w = fm.shift_target_velocity(GaussFM.make(*commuting), jnp.asarray(shift))
+    w = fm.shift_target_velocity(fm.GaussianVelocity(*commuting), jnp.asarray(shift))
     np.testing.assert_allclose(fm.integrate(w, x0, **TIGHT).x, T + shift, atol=1e-7)
     # Non-commuting case, Bures maps (no flow): T_b = T + b, T_c = c T.
     g0, G0, g1, G1 = gauss
@@ -218,21 +194,10 @@ def test_exercise_2_shift_and_scale(commuting, gauss):
     np.testing.assert_allclose(Tc.b, c * bg, atol=1e-8)
 
 
-class Mixture1D(eqx.Module):
-    w: jax.Array
-    mu: jax.Array
-    var: jax.Array
-
-    def __call__(self, t, x):
-        K = self.w.shape[0]
-        return fm.mixture_velocity(t, x, weights=self.w, means0=jnp.zeros((K, 1)),
-                                   covs0=jnp.ones((K, 1, 1)), means1=self.mu[:, None],
-                                   covs1=self.var[:, None, None])
-
-
 def test_exercise_3_1d_flow_is_monotone_map():
     w, mu, sd = np.array([0.3, 0.7]), np.array([-2.0, 1.5]), np.array([0.5, 0.8])
-    v = Mixture1D(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(sd**2))
+    v = fm.MixtureVelocity(w, np.zeros((2, 1)), np.ones((2, 1, 1)), mu[:, None],
+                           (sd**2)[:, None, None])
     x = np.linspace(-2.5, 2.5, 9)
     y = np.asarray(fm.integrate(v, jnp.asarray(x[:, None]), **TIGHT).x)[:, 0]
 
@@ -248,14 +213,9 @@ def test_exercise_5_dirac_flow_lands_on_atoms():
     rng = np.random.default_rng(3)
     atoms = jnp.asarray(rng.normal(size=(5, 2)) * 3.0)
 
-    class Dirac(eqx.Module):
-        atoms: jax.Array
-
-        def __call__(self, t, x):
-            return fm.dirac_velocity(t, x, atoms=self.atoms)
-
     x0 = jnp.asarray(rng.normal(size=(32, 2)))
-    x1 = np.asarray(fm.integrate(Dirac(atoms), x0, t1=1.0 - 1e-6, rtol=1e-8, atol=1e-8).x)
+    x1 = np.asarray(fm.integrate(fm.DiracVelocity(atoms), x0, t1=1.0 - 1e-6, rtol=1e-8,
+                                 atol=1e-8).x)
     dist = np.linalg.norm(x1[:, None, :] - np.asarray(atoms)[None], axis=-1)
     assert dist.min(axis=1).max() < 1e-4
     assert len(set(dist.argmin(axis=1).tolist())) >= 3  # not all collapsed onto one atom
@@ -266,7 +226,7 @@ def test_exercise_5_dirac_flow_lands_on_atoms():
 # ----------------------------------------------------------------------------------------
 def test_log_likelihood_exact_and_hutchinson(gauss):
     m0, S0, m1, S1 = gauss
-    v = GaussFM.make(*gauss)
+    v = fm.GaussianVelocity(*gauss)
     j0, jS0 = jnp.asarray(m0), jnp.asarray(S0)
 
     def base(x):
@@ -311,7 +271,7 @@ def test_fixed_step_convergence_order(gauss, solver, order, steps):
     """
     m0, S0, m1, S1 = gauss
     C = 0.4 * np.real(sla.sqrtm(S1) @ sla.sqrtm(S0))
-    v = GaussFM.make(m0, S0, m1, S1, C)
+    v = fm.GaussianVelocity(m0, S0, m1, S1, C)
     x0 = jnp.asarray(_batch(m0, S0))
     ref = fm.integrate(v, x0, rtol=1e-12, atol=1e-12).x
     err = [float(jnp.max(jnp.abs(fm.integrate(v, x0, solver=solver, steps=n).x - ref)))

@@ -5,12 +5,14 @@ cross-covariance is random too), random means and times. References, all indepen
 fmjax's formulas:
 
 * v_t(x) = E[dX_t/dt | X_t = x]: Gaussian conditioning of the joint law of
-  (X_t, dX_t/dt) computed in NumPy from the 2d x 2d joint covariance (seed, Exercise 4);
+  (X_t, dX_t/dt) computed in NumPy from the 2d x 2d joint covariance (notes, Exercise 4);
 * Exercise 1 transformation rules: the affine / shift / scale combinators applied to the
   velocity of (X0, X1) equal the (conditioning) velocity of the transformed Gaussian
   coupling, whose moments are computed in NumPy;
-* the continuity equation: its residual is ~0 for (log p_t, v_t) (seed, "Continuity
+* the continuity equation: its residual is ~0 for (log p_t, v_t) (notes, "Continuity
   Equation"), for a Gaussian and a two-component mixture;
+* change_path: the Gaussian velocity moved from one path to the other equals the
+  conditioning velocity on the new path;
 * Brenier: gaussian_ot_map's A is SPD and pushes N(m0, S0) to N(m1, S1) (A S0 A = S1,
   b = m1 - A m0), and gaussian_w2_squared equals the Bures formula with SciPy's sqrtm.
 
@@ -243,3 +245,17 @@ def test_gaussian_ot_map_pushes_forward_and_bures(d, seed):
     r0 = scipy.linalg.sqrtm(S0).real
     bures = np.trace(S0 + S1 - 2 * scipy.linalg.sqrtm(r0 @ S1 @ r0).real)
     _close(w2sq, np.sum((m0 - m1) ** 2) + bures, 1e-8)
+
+
+@SETTINGS
+@given(d=st.sampled_from(DIMS), seed=st.integers(0, 2**31 - 1), t=st.floats(0.0, 1.0),
+       to_trig=st.booleans())
+def test_change_path_is_conditional_expectation_on_new_path(d, seed, t, to_trig):
+    """change_path of the Gaussian module from one path to the other equals E[dX'_t | X'_t]
+    on the new path (NumPy conditioning of the joint law), at any time including the ends."""
+    m0, m1, J, x = random_coupling(seed, d)
+    S0, S1, C = split_joint(J, d)
+    src, dst = ("linear", "trig") if to_trig else ("trig", "linear")
+    v = fm.GaussianVelocity(m0, S0, m1, S1, C, path=PATHS[src])
+    u = fm.change_path(v, trained_on=PATHS[src], to=PATHS[dst])
+    _close(u(t, jnp.asarray(x)), np_conditional_velocity(dst, t, x, m0, m1, J), 1e-9)
