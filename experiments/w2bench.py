@@ -107,9 +107,20 @@ MOMENTS_SEED = 18
 #: The number of fresh source points the benchmark scores a map on.
 N_EVAL = 2**14
 
-#: Published L2-UVP (%) on these pairs, per method and dimension (``None``: not found).
-#: Filled from the sources named in ``docs/results/w2bench/PUBLISHED.md``.
-PUBLISHED: dict[str, Any] = {}
+#: Published forward-map L2-UVP (%) on these pairs: ``PUBLISHED[source][method][D]``, ``None``
+#: where the number could not be read from a primary source (see
+#: ``docs/results/w2bench/PUBLISHED.md`` for what was searched). Sources:
+#:
+#: - ``"korotin2021"``: Korotin et al., NeurIPS 2021 (arXiv 2106.01954), the table of L2-UVP of
+#:   the fitted forward maps on the high-dimensional ``Mix3toMix10`` pairs, with the linear
+#:   baseline. Method names as in the paper and the repository README; ``:R`` is reversed.
+#: - ``"kornilov2024"``: Kornilov, Mokrov, Gasnikov, Korotin, "Optimal Flow Matching", NeurIPS
+#:   2024 (arXiv 2403.13117), Table 1 (OT-CFM, rectified flow, OFM on the same pairs).
+PUBLISHED: dict[str, dict[str, dict[int, float | None]]] = {
+    "korotin2021": {m: dict.fromkeys(DIMS) for m in (
+        "Linear", "MM", "MM:R", "MMv1", "MMv2", "MMv2:R", "MM-B", "W2", "W2:R", "QC", "LS")},
+    "kornilov2024": {m: dict.fromkeys(DIMS) for m in ("OT-CFM", "RF", "OFM")},
+}
 
 
 # --------------------------------------------------------------------------------------
