@@ -2,7 +2,7 @@
 
 Runs on simulated CPU devices (set before JAX starts) and prints a Markdown table of the
 normalized path energy NPE = |E - W2^2| / W2^2 (Tong et al.) of the learned flow on
-8 Gaussians -> moons, for ``fm.fit(..., coupling="ot", shard_coupling="global" | "local")``
+8 Gaussians -> moons, for ``fm.fit(..., coupling=fm.couplings.ExactOT(shard="global" | "local"))``
 and for the independent coupling. With D devices and global batch B, "local" solves D
 problems of size B / D: cheaper, but OT of a smaller minibatch, hence straighter paths are
 lost as B / D shrinks.
@@ -46,9 +46,10 @@ def main(argv=None) -> None:
     rows = []
     for coupling, shard in (("independent", "global"), ("ot", "global"), ("ot", "local")):
         t = time.perf_counter()
-        model, hist = fm.fit(jax.random.key(a.seed), src, tgt, coupling=coupling,
-                             shard_coupling=shard, steps=a.steps, batch_size=a.batch,
-                             sigma=0.0)
+        value = (fm.couplings.Independent() if coupling == "independent"
+                 else fm.couplings.ExactOT(shard=shard))
+        model, hist = fm.fit(jax.random.key(a.seed), src, tgt, coupling=value, steps=a.steps,
+                             batch_size=a.batch, sigma=0.0)
         train_s = time.perf_counter() - t
         e = float(fm.kinetic_energy(model, x0, solver="euler", steps=100))
         w2 = float(fm.w2(fm.sample(model, kt, a.n_eval, sample_x0=x0), y))
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
     print(f"8 Gaussians -> moons, {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"global batch {a.batch}, {a.steps} steps, W2^2(source, target) = {w2sq:.3f} "
           f"(POT emd2 on {a.n_eval} points)\n")
-    print("| coupling | shard_coupling | OT problem size | kinetic energy E | NPE | "
+    print("| coupling | shard | OT problem size | kinetic energy E | NPE | "
           "W2(generated, target) | train s |")
     print("|---|---|---|---|---|---|---|")
     for c, s, n, e, npe, w2, ts in rows:

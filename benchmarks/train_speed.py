@@ -40,38 +40,28 @@ from flax import nnx
 
 import fmjax as fm
 
-
-def eight_gaussians(key, n, dtype=jnp.float32):
-    """torchcfm ``utils.sample_8gaussians``: centres 5 * (unit circle at multiples of 45
-    degrees), covariance sqrt(0.1) I (fallback when fmjax.datasets lacks it)."""
-    if hasattr(fm.datasets, "eight_gaussians"):
-        return fm.datasets.eight_gaussians(key, n, dtype=dtype)
-    k_c, k_z = jax.random.split(key)
-    angles = jnp.arange(8, dtype=dtype) * (math.pi / 4)
-    centres = 5.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    idx = jax.random.randint(k_c, (n,), 0, 8)
-    return centres[idx] + (0.1 ** 0.25) * jax.random.normal(k_z, (n, 2), dtype)
-
-
-def normal(key, n, dtype=jnp.float32):
-    return jax.random.normal(key, (n, 2), dtype)
+eight_gaussians = fm.datasets.eight_gaussians  # torchcfm's sample_8gaussians
+normal = fm.datasets.standard_normal(2)
 
 
 def w2(a, b):
-    """Exact empirical W2 (uniform weights, POT's network simplex; the experiments' own)."""
-    from experiments._common import exact_w2
-
-    return exact_w2(a, b)
+    """Exact empirical W2 (POT's network simplex, through ``fm.w2``)."""
+    return float(fm.w2(np.asarray(a, np.float64), np.asarray(b, np.float64), method="exact"))
 
 
-def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3, coupling_kwargs=None,
-                host_workers=None):
+def _coupling(name, solver=None, host_workers=None):
+    if name == "independent":
+        return fm.couplings.Independent()
+    return fm.couplings.ExactOT(solver or "auto", host_workers=host_workers)
+
+
+def fmjax_speed(batch, coupling, steps, chunk, width=64, repeats=3):
     rates = []
     for seed in range(repeats):
         model = fm.nn.VelocityMLP(2, width=width, rngs=nnx.Rngs(seed))
         _, hist = fm.fit(jax.random.key(seed), normal, eight_gaussians, coupling=coupling,
                          steps=steps, batch_size=batch, steps_per_call=chunk, model=model,
-                         coupling_kwargs=coupling_kwargs, host_workers=host_workers)
+                         progress=False)
         rates.append(hist.steps_per_second)
     return statistics.median(rates)
 
@@ -93,9 +83,8 @@ def bare_loop_speed(batch, steps=2000, chunk=500, width=64, repeats=3):
         return h
 
     def loss(ps, x0, x1, t):
-        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
-        v = mlp(ps, jnp.concatenate([xt, t[:, None]], -1))
-        return jnp.mean(jnp.sum((v - (x1 - x0)) ** 2, -1))
+        velocity = lambda s, x: mlp(ps, jnp.concatenate([x, s[None]]))  # noqa: E731
+        return fm.flow_matching_loss(velocity, t, x0, x1)
 
     def step(carry, i):
         ps, st = carry
@@ -189,11 +178,12 @@ def time_to_quality(coupling, judge, max_steps, every=2000, sigma=0.1, batch=256
     with tempfile.TemporaryDirectory() as d:
         while steps < max_steps:
             steps += every
-            _, hist = fm.fit(jax.random.key(0), normal, eight_gaussians, coupling=coupling,
-                             steps=steps, batch_size=batch, checkpoint_dir=d, sigma=sigma,
-                             checkpoint_every=every, steps_per_call=every // 4)
+            _, hist = fm.fit(jax.random.key(0), normal, eight_gaussians,
+                             coupling=_coupling(coupling), steps=steps, batch_size=batch,
+                             checkpoint_dir=d, sigma=sigma, checkpoint_every=every,
+                             steps_per_call=every // 4, progress=False)
             train_seconds += hist.wall_time
-            model = fm.train.restore(d)
+            model = fm.restore(d)
             x = fm.integrate(model, jnp.asarray(judge.x0), solver="euler", steps=100).x
             curve.append((steps, train_seconds, judge.w2(np.asarray(x))))
     return curve
@@ -282,10 +272,10 @@ def main(argv=None):
     ap.add_argument("--skip-ttq", action="store_true", help="speed table only")
     ap.add_argument("--repeats", type=int, default=3, help="seeds per speed row (median)")
     ap.add_argument("--host-workers", type=int, default=-1,
-                    help="fm.fit(host_workers=...) for exact OT (-1: fit's default, one "
+                    help="ExactOT(host_workers=...) for exact OT (-1: the default, one "
                          "thread per core)")
     ap.add_argument("--ot-solver", default=None,
-                    help="exact OT solver passed to fm.couplings.couple (default: its own)")
+                    help="solver of fm.couplings.ExactOT (default: 'auto')")
     args = ap.parse_args(argv)
     if args.xla_threads == 1:  # read when the backend starts, i.e. at jax.devices() below
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
@@ -299,7 +289,6 @@ def main(argv=None):
         except ImportError:
             pass
     q = 0.2 if args.quick else 1.0
-    ot_kw = {"solver": args.ot_solver} if args.ot_solver else None
     dev = jax.devices()[0]
     print(f"# fmjax training speed ({dev.platform}: {getattr(dev, 'device_kind', '')}; "
           f"{jax.device_count()} device(s); {platform.processor() or platform.machine()}; "
@@ -324,9 +313,8 @@ def main(argv=None):
         ref = torchcfm_speed(batch, coupling == "ot", max(50, steps // 5),
                              repeats=args.repeats) if width == 64 else None
         for label, hw in variants:
-            rate = fmjax_speed(batch, coupling, steps, min(chunk, steps), width=width,
-                               repeats=args.repeats, host_workers=hw,
-                               coupling_kwargs=ot_kw if coupling == "ot" else None)
+            rate = fmjax_speed(batch, _coupling(coupling, args.ot_solver, hw), steps,
+                               min(chunk, steps), width=width, repeats=args.repeats)
             ref_s = "not installed" if ref is None else f"{ref:,.0f}"
             ratio = "" if ref is None else f"{rate / ref:.1f}x"
             print(f"| {net} | {batch} | {label} | {rate:,.0f} | {rate * batch:,.0f} | "

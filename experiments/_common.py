@@ -38,7 +38,6 @@ __all__ = [
     "command_line",
     "ensure_x64",
     "fmt",
-    "w2_floor",
     "machine_info",
     "main",
     "markdown_table",
@@ -266,55 +265,6 @@ def machine_info() -> dict:
         "jax": jax.__version__,
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-def exact_w2(a, b) -> float:
-    """Exact W2 between two equal-size uniform samples at any size: POT's network simplex
-    (``ot.emd2``, the evaluator of the published 2-D tables; about 25 s at 10,000 points on
-    this CPU) on the float64 squared-distance matrix; ``fm.w2(method="exact")`` without POT.
-    Raises ``RuntimeError`` if the simplex stops before optimality."""
-    import fmjax as fm
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"`a` and `b` must have the same shape, got {a.shape} and {b.shape}")
-    try:
-        import ot
-    except ImportError:
-        return float(fm.w2(a, b, method="exact"))
-    cost = np.empty((len(a), len(b)))
-    for lo in range(0, len(a), 1024):  # direct differences, in row blocks
-        cost[lo:lo + 1024] = ((a[lo:lo + 1024, None, :] - b[None, :, :]) ** 2).sum(-1)
-    w = np.full(len(a), 1.0 / len(a))
-    val, log = ot.emd2(w, w, cost, numItermax=100 * len(a) ** 2, log=True)
-    if log.get("warning"):
-        raise RuntimeError(f"POT's network simplex did not reach optimality on {len(a)} "
-                           f"points: {log['warning']}")
-    return float(np.sqrt(max(val, 0.0)))
-
-
-def w2_floor(sample, key, n: int, reps: int = 3, w2=None, **w2_kwargs) -> tuple[float, float]:
-    """Mean and std over ``reps`` pairs of W2 between two ``n``-samples of one distribution.
-
-    W2 between finite samples of the *same* law is not zero and varies from draw to draw
-    (for mixtures, mostly through the multinomial component counts): print it beside any
-    sample W2. ``w2``: the estimator ``(a, b) -> float`` (default ``fm.w2(**w2_kwargs)``).
-    """
-    import fmjax as fm
-
-    if w2 is None:
-        w2 = lambda a, b: float(fm.w2(a, b, **w2_kwargs))  # noqa: E731
-    vals = []
-    for k in jax_split(key, reps):
-        ka, kb = jax_split(k, 2)
-        vals.append(float(w2(sample(ka, n), sample(kb, n))))
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if reps > 1 else 0.0
-
-
-def jax_split(key, n: int):
-    import jax
-
-    return list(jax.random.split(key, n))
 
 
 # --------------------------------------------------------------------------------------

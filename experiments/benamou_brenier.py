@@ -66,11 +66,11 @@ def _gaussian_sampler(m: np.ndarray, s: np.ndarray, dtype=jnp.float32):
 
 def _energy(v, x0, **kw) -> dict:
     """Kinetic energy (mean, standard error over particles) and displacement cost."""
-    out = fm.path_energy(v, jnp.asarray(x0), **kw)
-    pp = np.asarray(out.per_particle, np.float64)
-    disp = np.sum((np.asarray(out.x, np.float64) - np.asarray(x0, np.float64)) ** 2, axis=1)
+    out = fm.straightness(v, jnp.asarray(x0), **kw)
+    pp = np.asarray(out.per_particle_energy, np.float64)
+    disp = np.sum((np.asarray(out.x1, np.float64) - np.asarray(x0, np.float64)) ** 2, axis=1)
     return dict(energy=float(pp.mean()), se=float(pp.std(ddof=1) / math.sqrt(len(pp))),
-                disp=float(disp.mean()), x1=np.asarray(out.x, np.float64))
+                disp=float(disp.mean()), x1=np.asarray(out.x1, np.float64))
 
 
 def _pair(rng: np.random.Generator, d: int, cond: float):

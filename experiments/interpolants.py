@@ -123,13 +123,13 @@ def run(config: Config, workdir: Path | str) -> dict:
         x0 = normal_sampler(jnp.float64)(kx, config.n_eval)
         tsample = ring_sampler(config.radius, config.std, jnp.float64)
         target = tsample(ky, config.n_eval)
-        floor, floor_sd = _common.w2_floor(tsample, kf, config.n_eval, method="exact")
+        floor, floor_sd = fm.w2_floor(tsample, kf, config.n_eval, method="exact")
         floor_cell = f"{floor:.3f} ± {floor_sd:.3f}"
         cf_rows, cf_traj = [], {}
         for name, path in PATHS.items():
             v = fm.MixtureVelocity(**kw, path=path)
-            pe = fm.path_energy(v, x0, solver="tsit5", rtol=config.rtol, atol=config.rtol)
-            w2 = float(fm.w2(pe.x, target, method="exact"))
+            pe = fm.straightness(v, x0, solver="tsit5", rtol=config.rtol, atol=config.rtol)
+            w2 = float(fm.w2(pe.x1, target, method="exact"))
             if config.figure:
                 sol = fm.integrate(v, x0[:64], solver="tsit5", rtol=1e-6, atol=1e-6,
                                    saveat=41)
@@ -152,13 +152,13 @@ def run(config: Config, workdir: Path | str) -> dict:
                                       steps=config.train_steps, batch_size=config.batch_size,
                                       progress=config.progress)
                 x_euler = fm.integrate(model, x0_32, solver="euler", steps=100).x
-                pe = fm.path_energy(model, x0_32, solver="tsit5", rtol=config.rtol,
-                                    atol=config.rtol)
+                pe = fm.straightness(model, x0_32, solver="tsit5", rtol=config.rtol,
+                                     atol=config.rtol)
                 w2_e = float(fm.w2(jnp.asarray(x_euler, jnp.float64), target, method="exact"))
-                w2_a = float(fm.w2(jnp.asarray(pe.x, jnp.float64), target, method="exact"))
+                w2_a = float(fm.w2(jnp.asarray(pe.x1, jnp.float64), target, method="exact"))
                 net_rows.append([pname, coupling, w2_e, w2_a, int(pe.nfe), float(pe.energy),
                                  floor_cell, tm.seconds])
-                net_samples[(pname, coupling)] = np.asarray(pe.x)
+                net_samples[(pname, coupling)] = np.asarray(pe.x1)
 
     t_var = _common.markdown_table(
         ["path", "seed's value at t=0.5", "exact a²+b² at t=0.5",

@@ -102,10 +102,8 @@ class Config:
 
 
 def _w2_fn(config: Config):
-    if config.w2_method == "exact":
-        return _common.exact_w2
-    if config.w2_method == "auto":
-        return lambda a, b: float(fm.w2(a, b))
+    if config.w2_method in ("exact", "auto"):  # auto is exact at these sizes
+        return lambda a, b: float(fm.w2(a, b, method=config.w2_method))
     raise ValueError(f"`w2_method` must be 'exact' or 'auto', got {config.w2_method!r}")
 
 
@@ -148,13 +146,13 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
             **(dict(checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every,
                     keep_checkpoints=1)
                if checkpoint_dir is not None and config.checkpoint_every > 0 else {}))
-    pe = fm.path_energy(model, x0_eval, solver="euler", steps=config.euler_steps)
-    w2 = _w2_fn(config)(pe.x, x1_eval)
+    pe = fm.straightness(model, x0_eval, solver="euler", steps=config.euler_steps)
+    w2 = _w2_fn(config)(pe.x1, x1_eval)
     energy = float(pe.energy)
     npe = abs(energy - w2sq_src_tgt) / w2sq_src_tgt
     # NPE of the map the net realises: E against W2²(x0, T(x0)) on the same points (how
     # close to optimal transport the learned flow is for its own endpoint distribution).
-    w2sq_realised = _w2_fn(config)(x0_eval, pe.x) ** 2
+    w2sq_realised = _w2_fn(config)(x0_eval, pe.x1) ** 2
     npe_realised = abs(energy - w2sq_realised) / w2sq_realised
     loss = np.asarray(history.loss)
     sol = fm.integrate(model, x0_eval[: config.n_traj], solver="euler",
@@ -164,7 +162,7 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
                 seconds=tm.seconds, resumed_from=history.resumed_from,
                 steps_per_s=(config.steps - (history.resumed_from or 0)) / tm.seconds,
                 final_loss=float(loss[-min(100, loss.size):].mean()),
-                x1=np.asarray(pe.x)[:2000], xs=np.asarray(sol.xs))
+                x1=np.asarray(pe.x1)[:2000], xs=np.asarray(sol.xs))
 
 
 #: Config fields that do not change what one (task, method, seed) run computes.
@@ -293,8 +291,8 @@ def _task_info(task: str, config: Config, log: _RunLog) -> dict:
     n_ref = max(config.n_ref, config.n_eval)
     if info is None:
         w2sq = float(_w2_fn(config)(samplers[0](kr0, n_ref), samplers[1](kr1, n_ref))) ** 2
-        floor, floor_sd = _common.w2_floor(samplers[1], kf, config.n_eval,
-                                           reps=config.floor_reps, w2=_w2_fn(config))
+        floor, floor_sd = fm.w2_floor(samplers[1], kf, config.n_eval,
+                                      reps=config.floor_reps, method=config.w2_method)
         info = dict(w2sq_source_target=w2sq, floor=floor, floor_sd=floor_sd)
         log.save_task(task, info)
     if "w2sq_source_blurred" not in info:

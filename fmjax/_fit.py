@@ -10,6 +10,7 @@ exact OT with a host solver is solved one chunk ahead on host threads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import signal
@@ -366,8 +367,12 @@ class _Run:
 
     def chunk(self, state, start: int, n: int, perms):
         put = lambda v: _replicate(np.int32(v), self.mesh)  # noqa: E731
-        return self.run_chunk(state, put(start), put(n), self.key, self.rest, self.data,
-                              perms)  # dispatched: the losses stay on the device
+        # A per-shard coupling finds the mesh in the context while the chunk is traced.
+        local = (getattr(self.spec.coupling, "shard", "global") == "local"
+                 and self.mesh.devices.size > 1)
+        with jax.set_mesh(self.mesh) if local else contextlib.nullcontext():
+            return self.run_chunk(state, put(start), put(n), self.key, self.rest, self.data,
+                                  perms)  # dispatched: the losses stay on the device
 
     def output(self, state: TrainState) -> tuple[nnx.Module, TrainState]:
         host = lambda tree: jax.tree.map(lambda x: jnp.asarray(_to_host(x)), tree)  # noqa

@@ -59,6 +59,13 @@ class TrainStep(NamedTuple):
     Attributes:
         init: ``init(model) -> TrainState``.
         step: ``step(state, key, x0, x1, labels=None) -> (state, metrics)``.
+
+    Example:
+        >>> import jax, fmjax as fm
+        >>> from flax import nnx
+        >>> pair = fm.make_train_step(fm.nn.VelocityMLP(2, rngs=nnx.Rngs(0)))
+        >>> isinstance(pair, fm.TrainStep), callable(pair.init), callable(pair.step)
+        (True, True, True)
     """
 
     init: Callable

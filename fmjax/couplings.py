@@ -481,9 +481,9 @@ class ExactOT(Coupling):
             ``block``, ``max_iterations``).
 
     >>> import jax, jax.numpy as jnp, fmjax as fm
-    >>> x0 = jnp.array([[0.0], [1.0]]); x1 = jnp.array([[1.1], [0.1]])
+    >>> x0 = jnp.array([[0.0], [1.0]]); x1 = jnp.array([[1.5], [0.5]])
     >>> fm.couplings.ExactOT()(jax.random.key(0), x0, x1)[1].tolist()
-    [[0.1], [1.1]]
+    [[0.5], [1.5]]
     """
 
     solver: str = eqx.field(static=True)

@@ -426,6 +426,17 @@ class Straightness(NamedTuple):
         per_particle_energy: ``(n,)`` values of :math:`\int \|v_t(\varphi_t(x))\|^2 dt`.
         x1: ``(n, *point_shape)`` endpoints :math:`\varphi_{t_1}(x_0)`.
         nfe, num_steps, result: as in :class:`fmjax.FlowSolution`.
+
+    Example:
+        A velocity that is constant in space but speeds up in time, :math:`v = 2t`, moves
+        every particle by 1 along a straight line: :math:`E = \int 4t^2 = 4/3`, endpoint
+        cost 1, so :math:`S = 1/3` while the length excess is 0.
+
+        >>> import jax.numpy as jnp, fmjax as fm
+        >>> out = fm.straightness(lambda t, x: 2 * t * jnp.ones_like(x), jnp.zeros((3, 1)),
+        ...                       solver="rk4", steps=10)
+        >>> round(float(out.value), 4), round(float(out.length_excess), 4)
+        (0.3333, 0.0)
     """
 
     value: Scalar

@@ -226,22 +226,6 @@ def test_toy2d_tiny(tmp_path, monkeypatch):
         toy2d.run(dataclasses.replace(cfg, checkpoint_every=-1), tmp_path / "fifth")
 
 
-def test_exact_w2_matches_scipy_assignment():
-    """_common.exact_w2 (POT network simplex) against SciPy's exact assignment."""
-    from scipy.optimize import linear_sum_assignment
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) * 1.5 + 0.3
-    cost = ((a[:, None] - b[None]) ** 2).sum(-1)
-    r, c = linear_sum_assignment(cost)
-    assert abs(_common.exact_w2(a, b) - math.sqrt(cost[r, c].mean())) < 1e-9
-    with pytest.raises(ValueError, match="same shape"):
-        _common.exact_w2(a, b[:10])
-
-
-# --------------------------------------------------------------------------------------
-# digits
-# --------------------------------------------------------------------------------------
 def test_digits_dirac_memorizes(tmp_path):
     cfg = digits.Config(steps=0, baseline_reps=2, figure=False, progress=False)
     res = digits.run(cfg, tmp_path)
