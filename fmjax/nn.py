@@ -873,7 +873,6 @@ class UNet(nnx.Module):
                    rngs=rngs)
 
 
-
 @functools.partial(jax.jit, static_argnums=0)
 def _unet_apply(graphdef: nnx.GraphDef, state: nnx.State, t: jax.Array, x: jax.Array,
                 y: jax.Array | None) -> jax.Array:
