@@ -17,6 +17,7 @@ from ._devices import global_batch, initialize_distributed, make_mesh
 from ._errors import jit
 from ._fit import History, NonFiniteLossError, Preempted, fit
 from ._loss import flow_matching_loss
+from ._reflow import ReflowHistory, reflow
 from ._sample import sample
 from ._step import TrainState, TrainStep, make_train_step
 from .closed_form import (
@@ -66,13 +67,13 @@ __version__ = "0.1.0"
 __all__ = [
     "EXACT_MAX_SIZE", "AffineMap", "AffinePath", "DiracVelocity", "FlowError", "FlowResults", "FlowSolution",
     "GaussianVelocity", "History", "Linear", "McCannVelocity", "MixtureVelocity", "MonotoneMap1D", "NonFiniteLossError", "Preempted",
-    "RK4", "Straightness", "TrainState", "TrainStep", "Trigonometric", "W2Result",
+    "RK4", "ReflowHistory", "Straightness", "TrainState", "TrainStep", "Trigonometric", "W2Result",
     "affine_path", "affine_velocity", "auction_assignment", "change_path", "continuity_residual",
     "dirac_log_density", "dirac_velocity", "exact_ot_permutation", "fit",
     "flow_matching_loss", "gaussian_log_density", "gaussian_ot_map", "gaussian_velocity",
     "gaussian_w2", "gaussian_w2_squared", "global_batch", "initialize_distributed",
     "integrate", "jit", "kinetic_energy", "log_likelihood", "make_mesh", "make_train_step",
     "mccann_interpolation", "mccann_velocity", "mixture_log_density", "mixture_velocity",
-    "monotone_map_1d", "normalized_path_energy", "restore", "sample", "scale_target_velocity",
+    "monotone_map_1d", "normalized_path_energy", "reflow", "restore", "sample", "scale_target_velocity",
     "shift_target_velocity", "straightness", "w2", "w2_floor", "w2_result", "w2_squared",
 ]

@@ -20,7 +20,7 @@ from . import _checks
 
 _FROZEN = ("`{name}` does not depend on its key: fit traces the sampler once, so it would "
            "give the same points at every step (NumPy's global generator, a fixed slice of "
-           "data). Use jax.random with the given key, or pass an array of data.")
+           "data): use jax.random with the given key, or pass an array of data.")
 
 
 def _depends_on_input(closed: Any) -> list[bool]:

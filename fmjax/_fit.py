@@ -365,7 +365,19 @@ class _Run:
             self.cfg.batch_size, lambda start: _replicate(np.int32(start), self.mesh),
             self.key, self.data, self.mesh)
 
-    def chunk(self, state, start: int, n: int, perms):
+    def chunk(self, state, schedule: list, i: int, pipe: AssignmentPipeline | None):
+        """Run chunk ``i`` of ``schedule``; the host pipeline solves chunk ``i + 1`` meanwhile.
+        Returns the new state and the chunk's losses on the host."""
+        first, n = schedule[i]
+        perms = None if pipe is None else pipe.result(first, n)
+        if pipe is not None and i + 1 < len(schedule):
+            pipe.draw(*schedule[i + 1])  # drawn before this chunk is queued
+        state, loss = self._dispatch(state, first, n, perms)
+        if pipe is not None:
+            pipe.solve_ahead()  # host threads solve the next chunk while this one trains
+        return state, _to_host(loss)[:n]
+
+    def _dispatch(self, state, start: int, n: int, perms):
         put = lambda v: _replicate(np.int32(v), self.mesh)  # noqa: E731
         # A per-shard coupling finds the mesh in the context while the chunk is traced.
         local = (getattr(self.spec.coupling, "shard", "global") == "local"
@@ -504,11 +516,10 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         handle_sigterm: bool = True, labels: Any = None, label_dropout: float = 0.0):
     r"""Train a velocity network by flow matching; return ``(model, history)``.
 
-    Each step is :func:`fmjax.make_train_step`'s step on a fresh minibatch: the loss
-    :func:`fmjax.flow_matching_loss` of ``batch_size`` pairs coupled by ``coupling``. The
-    batches of step ``k`` are drawn with keys 0 and 1 of ``jax.random.split(jax.random.
-    fold_in(data_key, k), 5)``, where ``init_key, data_key = jax.random.split(key)``;
-    chunking, checkpoints and resuming do not change a bit of the result.
+    Each step is :func:`fmjax.make_train_step`'s step on a fresh minibatch of ``batch_size``
+    pairs. Step ``k`` draws its batches with keys 0 and 1 of ``jax.random.split(jax.random.
+    fold_in(data_key, k), 5)`` (``init_key, data_key = jax.random.split(key)``): chunking,
+    checkpoints and resuming do not change a bit of the result.
 
     Args:
         key: a PRNG key (``jax.random.key(0)``).
@@ -527,21 +538,19 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         batch_size: global batch size, divisible by the number of devices.
         model: an NNX module ``model(t, x)`` (default: ``fmjax.nn.VelocityMLP(d)``, the
             3 x 64 SELU net of Tong et al., for flat points).
-        optimizer, optimizer_name: an Optax transform (default ``adamw(1e-3, wd 1e-5)``)
-            and its label in the checkpoint fingerprint.
-        ema_decay, use_ema: EMA of the parameters; return its debiased value (default).
-        steps_per_call: steps per compiled ``lax.scan`` chunk (the host is visited once per
-            chunk).
-        checkpoint_dir: Orbax checkpoint directory: resumed from its latest complete
-            checkpoint; a different configuration, or a checkpoint past ``steps``, raises.
-        checkpoint_every: save every this many steps (default ``steps_per_call``) and at
-            the end; ``keep_checkpoints`` most recent ones are kept (``None``: all).
+        optimizer, optimizer_name: an Optax transform (default ``adamw(1e-3, wd 1e-5)``),
+            its label in the checkpoint fingerprint. ``ema_decay``, ``use_ema``: the EMA of
+            the parameters, returned debiased (default).
+        steps_per_call: steps per compiled ``lax.scan`` chunk (one host visit each).
+        checkpoint_dir, checkpoint_every, keep_checkpoints: Orbax checkpoints, resumed from
+            the latest complete one (another configuration, or a step past ``steps``,
+            raises), saved every ``checkpoint_every`` steps (default ``steps_per_call``) and
+            at the end; the ``keep_checkpoints`` most recent are kept (``None``: all).
         progress: a progress line on stderr (default: when stderr is a terminal).
         devices, mesh: the devices to shard the batch over (default: all visible).
-        handle_sigterm: with a ``checkpoint_dir``, on SIGTERM save and raise
-            :class:`Preempted` (exit code 143).
-        labels: integer labels ``(N,)`` of the rows of an array ``sample_x1``.
-        label_dropout: probability of replacing a label by the model's null label.
+        handle_sigterm: on SIGTERM save and raise :class:`Preempted` (exit code 143).
+        labels, label_dropout: integer labels ``(N,)`` of the rows of an array
+            ``sample_x1``; the probability of replacing one by the model's null label.
 
     Returns:
         ``(model, history)``: the NNX model (debiased EMA parameters by default; it
@@ -549,9 +558,8 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         :class:`History`.
 
     Raises:
-        NonFiniteLossError: a NaN or inf loss, naming the step.
-        ValueError: bad arguments, a sampler that ignores its key, an incompatible
-            checkpoint.
+        NonFiniteLossError: a NaN or inf loss, naming the step. ValueError: bad arguments,
+            a sampler that ignores its key, an incompatible checkpoint.
 
     Example:
         >>> import jax, jax.numpy as jnp, fmjax as fm
@@ -583,13 +591,8 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
         with _Sigterm(ckpt.mgr is not None and cfg.handle_sigterm) as sigterm:
             for i, (first, n) in enumerate(schedule):
                 tic = time.perf_counter()
-                perms = None if pipe is None else pipe.result(first, n)
-                if pipe is not None and i + 1 < len(schedule):
-                    pipe.draw(*schedule[i + 1])  # drawn before this chunk is queued
-                state, loss = run.chunk(state, first, n, perms)
-                if pipe is not None:
-                    pipe.solve_ahead()  # host threads solve the next chunk while it trains
-                rec.add(first, _to_host(loss)[:n], time.perf_counter() - tic)
+                state, loss = run.chunk(state, schedule, i, pipe)
+                rec.add(first, loss, time.perf_counter() - tic)
                 ckpt.after_chunk(state, rec.curve, first + n, sigterm.is_set())
                 if sigterm.is_set():
                     raise Preempted(first + n)

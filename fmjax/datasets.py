@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_key
 from ._typing import Batch, BatchLike, Key, Sampler
 
 __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
@@ -51,13 +52,13 @@ __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spi
 _SPLITS = ("train", "test", "all")
 
 
-def _check(n: Any, dtype: Any) -> tuple[int, Any]:
+def _check(key: Any, n: Any, dtype: Any) -> tuple[Any, int, Any]:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"`n` must be a positive Python int (static under jit), got {n!r}")
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
-    return int(n), dtype
+    return check_key(key), int(n), dtype
 
 
 def _const(v, dtype):
@@ -79,7 +80,7 @@ def eight_gaussians(key: Key, n: int, dtype: Any = jnp.float32, *, scale: float 
         >>> x.shape, x.dtype
         ((4, 2), dtype('float32'))
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     s = 1 / np.sqrt(2)
     centers = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)])
     k_c, k_z = jax.random.split(key)
@@ -100,7 +101,7 @@ def moons(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.2) -> 
         >>> fm.datasets.moons(jax.random.key(0), 4).shape
         (4, 2)
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     k_b, k_a, k_u = jax.random.split(key, 3)
     lower = jax.random.bernoulli(k_b, 0.5, (n,))
     a = jax.random.uniform(k_a, (n,), dtype, 0.0, np.pi)
@@ -125,7 +126,7 @@ def scurve(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.05,
         >>> fm.datasets.scurve(jax.random.key(0), 4).shape
         (4, 2)
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     k_t, k_z = jax.random.split(key)
     t = _const(3 * np.pi, dtype) * (jax.random.uniform(k_t, (n,), dtype) - _const(0.5, dtype))
     pts = jnp.stack([jnp.sin(t), jnp.sign(t) * (jnp.cos(t) - jnp.ones((), dtype))], axis=1)
@@ -145,7 +146,7 @@ def circles(key: Key, n: int, dtype: Any = jnp.float32, *, factor: float = 0.5,
         >>> fm.datasets.circles(jax.random.key(0), 4).shape
         (4, 2)
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     k_b, k_a, k_z = jax.random.split(key, 3)
     inner = jax.random.bernoulli(k_b, 0.5, (n,))
     r = jnp.where(inner, _const(factor, dtype), jnp.ones((), dtype))
@@ -164,7 +165,7 @@ def checkerboard(key: Key, n: int, dtype: Any = jnp.float32, *,
         >>> fm.datasets.checkerboard(jax.random.key(0), 4).shape
         (4, 2)
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     k1, k2, k3 = jax.random.split(key, 3)
     x1 = jax.random.uniform(k1, (n,), dtype, -2.0, 2.0)
     b = jax.random.bernoulli(k3, 0.5, (n,)).astype(dtype)
@@ -186,7 +187,7 @@ def spirals(key: Key, n: int, dtype: Any = jnp.float32, *, noise: float = 0.5) -
         >>> fm.datasets.spirals(jax.random.key(0), 4).shape
         (4, 2)
     """
-    n, dtype = _check(n, dtype)
+    key, n, dtype = _check(key, n, dtype)
     k_r, k_s, k_u = jax.random.split(key, 3)
     r = jnp.sqrt(jax.random.uniform(k_r, (n,), dtype)) * _const(780 * 2 * np.pi / 360, dtype)
     sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (n,)), -jnp.ones((), dtype),
@@ -216,7 +217,7 @@ class StandardNormal:
         self.__name__ = self.__qualname__ = f"standard_normal_{d}"
 
     def __call__(self, key: Key, n: int, dtype: Any = jnp.float32) -> Batch:
-        n, dtype = _check(n, dtype)
+        key, n, dtype = _check(key, n, dtype)
         return jax.random.normal(key, (n, self.dim), dtype)
 
     def log_density(self, x: jax.Array) -> jax.Array:

@@ -491,7 +491,7 @@ class McCannVelocity(eqx.Module):
 def mccann_velocity(A: MatrixLike | AffineMap, b: VectorLike | None = None) -> McCannVelocity:
     r"""Closed-form velocity of the McCann interpolation of :math:`T(x) = A x + b`.
 
-    With :math:`T_t(x) = ((1 - t) I + t A) x + t b`, the seed's
+    With :math:`T_t(x) = ((1 - t) I + t A) x + t b`, the notes'
     :math:`v_t = (T - \mathrm{Id})\circ T_t^{-1}` is
 
     .. math::

@@ -722,6 +722,18 @@ bad("sample", "model not callable", ("model", "velocity"),
 bad("sample", "dtype integer", ("dtype", "x0"),
     lambda: fm.sample(vel, KEY, 4, dim=D, steps=2, dtype=jnp.int32))
 
+_RM = fnn.VelocityMLP(D, width=4, depth=1, rngs=nnx.Rngs(0))
+bad("reflow", "key not a key", "key", lambda: fm.reflow(0, _RM, _X0, n_pairs=8, steps=2,
+                                                       batch_size=4))
+bad("reflow", "model not a module", "model",
+    lambda: fm.reflow(KEY, vel, _X0, n_pairs=8, steps=2, batch_size=4))
+bad("reflow", "n_pairs = 0", "n_pairs",
+    lambda: fm.reflow(KEY, _RM, _X0, n_pairs=0, steps=2, batch_size=4))
+bad("reflow", "a coupling (reflow keeps its pairs)", "coupling",
+    lambda: fm.reflow(KEY, _RM, _X0, n_pairs=8, steps=2, batch_size=4, coupling="ot"))
+bad("reflow", "sample_x0 wrong count", ("sample_x0", "n"),
+    lambda: fm.reflow(KEY, _RM, _X0, n_pairs=5, steps=2, batch_size=4))
+
 bad("restore", "checkpoint_dir missing", "checkpoint_dir", lambda: fm.restore(_MISSING_DIR))
 bad("restore", "checkpoint_dir is a file", "checkpoint_dir", lambda: fm.restore(_NOT_A_DIR))
 
@@ -818,6 +830,7 @@ for _n in ("eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spi
     bad("datasets." + _n, "n < 0", "n", lambda f=_f: f(KEY, -3))
     bad("datasets." + _n, "n float", "n", lambda f=_f: f(KEY, 2.5))
     bad("datasets." + _n, "dtype integer", "dtype", lambda f=_f: f(KEY, 4, jnp.int32))
+    bad("datasets." + _n, "key not a key", "key", lambda f=_f: f(0, 4))
 VALID["datasets.standard_normal"] = lambda: fds.standard_normal(3)(KEY, 4)
 bad("datasets.standard_normal", "d = 0", "d", lambda: fds.standard_normal(0))
 bad("datasets.standard_normal", "sampler: n = 0", "n", lambda: fds.standard_normal(2)(KEY, 0))
@@ -860,6 +873,7 @@ EXEMPT = {
     "FlowResults": "diffrax's result enum, extended",
     "FlowError": "exception type",
     "TrainStep": "NamedTuple (init, step) returned by make_train_step",
+    "ReflowHistory": "NamedTuple returned by reflow",
     "datasets.StandardNormal": "sampler class; covered through datasets.standard_normal",
     "W2Result": "result container returned by w2_result",
     "History": "NamedTuple returned by fit",
@@ -873,7 +887,8 @@ EXEMPT = {
 }
 # valid calls we do not make here (they train or need a checkpoint; test_train.py does)
 NO_VALID_CALL = {"fit": "trains (compiles); tests/test_train.py",
-                 "restore": "needs a checkpoint; tests/test_train.py"}
+                 "restore": "needs a checkpoint; tests/test_train.py",
+                 "reflow": "trains (compiles); tests/test_reflow.py"}
 
 MIN_CASES = 400
 
