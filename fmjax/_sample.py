@@ -6,8 +6,10 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from ._sources import source_of
@@ -42,9 +44,49 @@ def _source_points(model, key, n, sample_x0, dim, dtype) -> jax.Array:
     return x0
 
 
+class Guided(eqx.Module):
+    r"""Classifier-free guidance of a class-conditional velocity (Ho and Salimans, 2022):
+    :math:`u(t, x, y) = (1 + w)\,v(t, x, y) - w\,v(t, x, \varnothing)`, where
+    :math:`\varnothing` is the model's ``null_label``. ``w = 0`` is the conditional model.
+    """
+
+    velocity: Callable
+    guidance: float = eqx.field(static=True)
+    null_label: int = eqx.field(static=True)
+
+    def __call__(self, t, x, y):
+        cond = self.velocity(t, x, y)
+        if self.guidance == 0.0:
+            return cond
+        free = self.velocity(t, x, jnp.asarray(self.null_label, jnp.asarray(y).dtype))
+        w = jnp.asarray(self.guidance, cond.dtype)
+        return (1 + w) * cond - w * free
+
+
+def _conditional(model, labels, guidance, n):
+    """The velocity to integrate and the labels, checked."""
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not np.isfinite(
+            guidance):
+        raise ValueError(f"`guidance` must be a finite number, got {guidance!r}")
+    if labels is None:
+        if guidance != 0:
+            raise ValueError(f"`guidance` = {guidance} needs `labels` (the classes to guide to)")
+        return model, None
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != (n,):
+        raise ValueError(f"`labels` must be an integer array of shape ({n},), one per sample, "
+                         f"got {_checks._describe(labels)}")
+    null = getattr(model, "null_label", None)
+    if guidance != 0 and null is None:
+        raise ValueError("`guidance` needs a model with a `null_label` (a 'no label' class "
+                         "trained by label dropout), e.g. fm.nn.UNet(num_classes=...)")
+    return Guided(model, float(guidance), -1 if null is None else int(null)), labels
+
+
 def sample(model: Callable, key: jax.Array, n: int, *, sample_x0: Any = None,
            dim: int | None = None, solver: Any = "euler", steps: int | None = None,
            t0: float = 0.0, t1: float = 1.0, dtype: Any = None, return_info: bool = False,
+           labels: Any = None, guidance: float = 0.0,
            **integrate_kwargs) -> jax.Array | tuple[jax.Array, FlowSolution]:
     r"""Draw ``n`` samples of the learned target: integrate :math:`\dot x = v(t, x)`.
 
@@ -68,6 +110,10 @@ def sample(model: Callable, key: jax.Array, n: int, *, sample_x0: Any = None,
         dtype: dtype of the default Gaussian source (default float32).
         return_info: also return the :class:`fmjax.FlowSolution` (its ``nfe`` is the
             number of velocity evaluations).
+        labels: ``(n,)`` integer classes for a class-conditional model ``v(t, x, y)``.
+        guidance: classifier-free guidance weight ``w``:
+            :math:`(1 + w) v(t, x, y) - w v(t, x, \varnothing)` with the model's
+            ``null_label``; 0 (default) samples the conditional model.
         **integrate_kwargs: passed to :func:`fmjax.integrate` (``rtol``, ``atol``, ...).
 
     Returns:
@@ -90,6 +136,8 @@ def sample(model: Callable, key: jax.Array, n: int, *, sample_x0: Any = None,
         warnings.warn(f"fm.sample: solver {solver!r} is adaptive, but steps={steps} runs it on "
                       f"a fixed grid of {steps} steps without error control; leave steps=None "
                       f"for adaptive stepping", UserWarning, stacklevel=2)
+    velocity, labels = _conditional(model, labels, guidance, n)
     x0 = _source_points(model, key, n, sample_x0, dim, dtype)
-    sol = integrate(model, x0, t0=t0, t1=t1, solver=solver, steps=steps, **integrate_kwargs)
+    sol = integrate(velocity, x0, t0=t0, t1=t1, solver=solver, steps=steps, labels=labels,
+                    **integrate_kwargs)
     return (sol.x, sol) if return_info else sol.x

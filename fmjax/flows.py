@@ -218,20 +218,23 @@ def _check_times(t0, t1, dtype) -> tuple[jax.Array, jax.Array]:
     return t0, t1
 
 
-def _check_velocity(velocity: Callable, x0: jax.Array, name: str = "x0") -> None:
+def _check_velocity(velocity: Callable, x0: jax.Array, name: str = "x0",
+                    labels: jax.Array | None = None) -> None:
     """Trace ``velocity`` once on one point (no FLOPs) and check its output."""
     t = jax.ShapeDtypeStruct((), x0.dtype)
     x = jax.ShapeDtypeStruct(x0.shape[1:], x0.dtype)
+    args = (t, x) if labels is None else (t, x, jax.ShapeDtypeStruct((), labels.dtype))
     dim = getattr(velocity, "dim", None)
     if isinstance(dim, int) and x0.ndim == 2 and x0.shape[1] != dim:
         raise ValueError(f"`{name}` has points of d = {x0.shape[1]} but the velocity "
                          f"{type(velocity).__name__} has dim = {dim}")
     try:
-        out = jax.eval_shape(velocity, t, x)
+        out = jax.eval_shape(velocity, *args)
     except Exception as e:
+        call = "v(t, x)" if labels is None else "v(t, x, y) with a scalar label y"
         raise ValueError(f"the velocity {type(velocity).__name__} cannot be evaluated on the "
                          f"points of `{name}` (one point: shape {x.shape}, dtype {x.dtype}; "
-                         f"called as v(t, x) with a scalar t): {e}") from e
+                         f"called as {call} with a scalar t): {e}") from e
     shape = getattr(out, "shape", None)
     if shape != x.shape:
         raise ValueError(f"the velocity must return one velocity of the shape of a point of "
@@ -386,15 +389,24 @@ def _raise_on_failure(raw: _Raw, what: str, t0, t1, max_steps: int) -> _Raw:
     return raw
 
 
-def _prepare(velocity, x, name, t0, t1):
+def _prepare(velocity, x, name, t0, t1, labels=None):
     x = _checks.check_points(x, name)
     t0, t1 = _check_times(t0, t1, x.dtype)
-    _check_velocity(velocity, x, name)
+    if labels is not None:
+        if not jnp.issubdtype(getattr(labels, "dtype", np.float64), jnp.integer) or \
+                labels.shape != x.shape[:1]:
+            raise ValueError(f"`labels` must be an integer array of shape ({x.shape[0]},), one "
+                             f"per point of `{name}`, got {_checks._describe(labels)}")
+    _check_velocity(velocity, x, name, labels)
     return x, t0, t1, _pack_velocity(velocity)
 
 
 def _batched(velocity, t, x, extra=None):
     return jax.vmap(velocity, in_axes=(None, 0))(t.astype(x.dtype), x)
+
+
+def _batched_labeled(velocity, t, x, labels):
+    return jax.vmap(velocity, in_axes=(None, 0, 0))(t.astype(x.dtype), x, labels)
 
 
 # ----------------------------------------------------------------------------------------
@@ -444,7 +456,8 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
               t1: ScalarLike = 1.0, solver: Any = "tsit5", steps: int | None = None,
               rtol: float = 1e-5, atol: float = 1e-5, saveat=None,
               save_trajectory: bool = False, max_steps: int = 4096, throw: bool = True,
-              adjoint: diffrax.AbstractAdjoint | None = None) -> FlowSolution:
+              adjoint: diffrax.AbstractAdjoint | None = None,
+              labels: jax.Array | None = None) -> FlowSolution:
     r"""Push a batch of points through the flow of ``velocity`` from ``t0`` to ``t1``.
 
     Solves :math:`\partial_t \varphi_t(x) = v(t, \varphi_t(x))`, :math:`\varphi_{t_0}(x) = x`
@@ -474,6 +487,8 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
             in ``.result``: check ``sol.ok`` before using ``.x``.
         adjoint: Diffrax adjoint for reverse-mode autodiff (default
             ``RecursiveCheckpointAdjoint``: differentiate-through-the-solver).
+        labels: optional ``(n,)`` integer labels, one per point: the velocity is then called
+            as ``v(t, x, y)`` (a class-conditional model).
 
     Returns:
         A :class:`FlowSolution` ``(x, ts, xs, nfe, num_steps, result)``.
@@ -493,11 +508,12 @@ def integrate(velocity: VelocityField, x0: BatchLike, *, t0: ScalarLike = 0.0,
         >>> sol.x[0].tolist(), sol.xs.shape, int(sol.nfe)
         ([3.0, 3.0], (3, 4, 2), 2)
     """
-    x0, t0, t1, packed = _prepare(velocity, x0, "x0", t0, t1)
+    x0, t0, t1, packed = _prepare(velocity, x0, "x0", t0, t1, labels)
     save_ts = _saveat_ts(saveat, save_trajectory, t0, t1, steps, x0.dtype)
-    raw = _solve(_batched, packed, x0, t0, t1, solver=solver, steps=steps, rtol=rtol,
-                 atol=atol, save_ts=save_ts, max_steps=max_steps, throw=throw,
-                 adjoint=adjoint, dtype=x0.dtype, what="integrate")
+    raw = _solve(_batched if labels is None else _batched_labeled, packed, x0, t0, t1,
+                 extra=labels, solver=solver, steps=steps, rtol=rtol, atol=atol,
+                 save_ts=save_ts, max_steps=max_steps, throw=throw, adjoint=adjoint,
+                 dtype=x0.dtype, what="integrate")
     return FlowSolution(raw.y, raw.ts, raw.ys, raw.nfe, raw.num_steps, raw.result)
 
 
