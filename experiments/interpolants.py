@@ -15,6 +15,7 @@ r"""Linear vs trigonometric interpolant: variance curve, closed-form flows, trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fmjax as fm
+from fmjax import datasets
 
 from . import _common
 
@@ -62,23 +64,13 @@ def ring_mixture(radius: float, std: float, dtype=jnp.float64) -> dict:
 
 
 def ring_sampler(radius: float, std: float, dtype=jnp.float32):
-    """``(key, n) -> (n, 2)`` samples of the ring of 8 Gaussians."""
-    ang = 2 * math.pi * np.arange(8) / 8
-    centres = jnp.asarray(radius * np.stack([np.cos(ang), np.sin(ang)], axis=1), dtype)
-
-    def sample(key, n):
-        kc, kz = jax.random.split(key)
-        idx = jax.random.randint(kc, (n,), 0, 8)
-        return centres[idx] + std * jax.random.normal(kz, (n, 2), dtype=dtype)
-
-    return sample
+    """``(key, n) -> (n, 2)`` samples of the ring of 8 Gaussians (``datasets.eight_gaussians``
+    with centres at radius ``radius`` and per-coordinate std ``std``)."""
+    return functools.partial(_ring, radius=radius, var=std ** 4, dtype=dtype)
 
 
-def normal_sampler(dtype=jnp.float32):
-    def sample(key, n):
-        return jax.random.normal(key, (n, 2), dtype=dtype)
-
-    return sample
+def _ring(key, n, *, radius, var, dtype):
+    return datasets.eight_gaussians(key, n, dtype, scale=radius, var=var)
 
 
 def variance_curve(n: int, seed: int, ts: np.ndarray) -> dict:
@@ -120,7 +112,7 @@ def run(config: Config, workdir: Path | str) -> dict:
         # ---------------- closed-form flows ----------------
         kw = ring_mixture(config.radius, config.std)
         key, kx, ky, kf = jax.random.split(key, 4)
-        x0 = normal_sampler(jnp.float64)(kx, config.n_eval)
+        x0 = datasets.standard_normal(2)(kx, config.n_eval, jnp.float64)
         tsample = ring_sampler(config.radius, config.std, jnp.float64)
         target = tsample(ky, config.n_eval)
         floor, floor_sd = fm.w2_floor(tsample, kf, config.n_eval, method="exact")
@@ -146,7 +138,7 @@ def run(config: Config, workdir: Path | str) -> dict:
                                                     enabled=config.progress):
                 key, kfit = jax.random.split(key)
                 with _common.Timer() as tm:
-                    model, _ = fm.fit(kfit, normal_sampler(),
+                    model, _ = fm.fit(kfit, datasets.standard_normal(2),
                                       ring_sampler(config.radius, config.std),
                                       path=PATHS[pname], coupling=coupling,
                                       steps=config.train_steps, batch_size=config.batch_size,

@@ -236,6 +236,16 @@ def positive_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = 
     return int(value)
 
 
+def finite_number(value: Any, name: str, *, minimum: float = 0.0) -> float:
+    """``value`` as a finite Python float ``>= minimum`` (a static option, not an array)."""
+    ok = (not isinstance(value, bool | np.bool_)
+          and isinstance(value, int | float | np.integer | np.floating)
+          and np.isfinite(value) and value >= minimum)
+    if not ok:
+        raise ValueError(f"`{name}` must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
 def check_key(key: Any, name: str = "key") -> jax.Array:
     """A JAX PRNG key: a typed key array of shape ``()`` (``jax.random.key``) or a legacy
     ``uint32[2]`` raw key (``jax.random.PRNGKey``); anything else is a ``ValueError``."""

@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ._checks import _describe
+from ._checks import _describe, finite_number
 from .paths import AffinePath, Linear, _require_path
 
 __all__ = ["flow_matching_loss"]
@@ -38,9 +37,7 @@ def _check_loss_inputs(t, x0, x1, sigma, noise, labels):
     if t.shape != x0.shape[:1]:
         raise ValueError(f"`t` must have shape ({x0.shape[0]},), one time per point of `x0` "
                          f"(shape {x0.shape}), got shape {t.shape}")
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float | np.floating | np.integer) \
-            or not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"`sigma` must be a finite Python number >= 0, got {sigma!r}")
+    sigma = finite_number(sigma, "sigma")
     if sigma > 0:
         if noise is None:
             raise ValueError(f"`noise` is required when sigma = {sigma} > 0 (standard normal "

@@ -29,9 +29,10 @@ def _source_points(model, key, n, sample_x0, dim, dtype) -> jax.Array:
             name = "model.source(key, n)"
         else:
             dim = getattr(model, "dim", None) if dim is None else dim
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-                raise ValueError(f"`dim` must be given (a positive integer) when the model "
-                                 f"has no `source` nor `dim` attribute, got {dim!r}")
+            if dim is None:
+                raise ValueError("`dim` must be given when the model has no `source` nor "
+                                 "`dim` attribute")
+            dim = _checks.positive_int(dim, "dim")
             return jax.random.normal(key, (n, dim), dtype=jnp.float32 if dtype is None
                                      else dtype)
     elif callable(sample_x0):

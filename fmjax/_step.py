@@ -163,9 +163,7 @@ def _make_spec(model, optimizer, path, coupling, sigma, ema_decay, label_dropout
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(f"`optimizer` must be an optax.GradientTransformation, got "
                          f"{type(optimizer).__name__}")
-    if isinstance(sigma, bool) or not isinstance(sigma, int | float | np.floating) or not (
-            np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"`sigma` must be a finite number >= 0, got {sigma!r}")
+    sigma = _checks.finite_number(sigma, "sigma")
     label_dropout = _check_rate(label_dropout, "label_dropout", upper_open=False)
     null_label = getattr(model, "null_label", None)
     if label_dropout > 0 and null_label is None:

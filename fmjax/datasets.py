@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_key
+from ._checks import check_key, positive_int
 from ._typing import Batch, BatchLike, Key, Sampler
 
 __all__ = ["eight_gaussians", "moons", "scurve", "circles", "checkerboard", "spirals",
@@ -53,8 +53,7 @@ _SPLITS = ("train", "test", "all")
 
 
 def _check(key: Any, n: Any, dtype: Any) -> tuple[Any, int, Any]:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"`n` must be a positive Python int (static under jit), got {n!r}")
+    n = positive_int(n, "n")  # a Python int: static under jit
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
@@ -244,8 +243,7 @@ def standard_normal(d: int = 2) -> StandardNormal:
         >>> fm.datasets.standard_normal(3)(jax.random.key(0), 4).shape
         (4, 3)
     """
-    if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
-        raise ValueError(f"`d` must be a positive int, got {d!r}")
+    d = positive_int(d, "d")
     return StandardNormal(int(d))
 
 

@@ -94,9 +94,7 @@ def time_features(t: _TimesLike, embedding: str = "concat",
     if embedding == "concat":
         return t[..., None]
     if embedding == "fourier":
-        if (isinstance(num_frequencies, bool) or not isinstance(num_frequencies, int | np.integer)
-                or num_frequencies < 1):
-            raise ValueError(f"`num_frequencies` must be an integer >= 1, got {num_frequencies!r}")
+        num_frequencies = _positive_int("num_frequencies", num_frequencies)
         w = jnp.asarray(np.pi * 2.0 ** np.arange(num_frequencies), dtype=t.dtype)
         wt = t[..., None] * w.reshape((1,) * t.ndim + w.shape)
         return jnp.concatenate([t[..., None], jnp.sin(wt), jnp.cos(wt)], axis=-1)
@@ -153,10 +151,9 @@ class VelocityMLP(nnx.Module):
                  activation: str | Callable[[jax.Array], jax.Array] = "selu",
                  time_embedding: str = "concat", num_frequencies: int = 4,
                  init: str = "torch", rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
-        for name, val, lo in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1),
-                              ("num_frequencies", num_frequencies, 1)):
-            if not isinstance(val, int | np.integer) or isinstance(val, bool) or val < lo:
-                raise ValueError(f"`{name}` must be an integer >= {lo}, got {val!r}")
+        for name, val in (("dim", dim), ("width", width), ("depth", depth),
+                          ("num_frequencies", num_frequencies)):
+            _positive_int(name, val)
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(f"`activation` must be one of {sorted(ACTIVATIONS)} or a "
@@ -443,9 +440,7 @@ def sinusoidal_embedding(t: _TimesLike, dim: int, *, time_scale: float = 1000.0,
 
 
 def _positive_int(name: str, val: Any, lo: int = 1) -> int:
-    if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < lo:
-        raise ValueError(f"`{name}` must be an integer >= {lo}, got {val!r}")
-    return int(val)
+    return _checks.positive_int(val, name, minimum=lo)
 
 
 def _int_tuple(name: str, val: Any, lo: int, *, empty: bool) -> tuple[int, ...]:

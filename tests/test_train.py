@@ -214,24 +214,8 @@ def test_argument_errors(tmp_path):
 # --------------------------------------------------------------------------------------
 # OT coupling vs independent: normalized path energy (Tong et al., 2024)
 # --------------------------------------------------------------------------------------
-def eight_gaussians(key, n):
-    """torchcfm's ``sample_8gaussians``: centres 5 (cos, sin)(k pi / 4), cov sqrt(0.1) I."""
-    k_c, k_z = jax.random.split(key)
-    angles = jnp.arange(8, dtype=jnp.float32) * jnp.float32(np.pi / 4)
-    centres = 5.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    idx = jax.random.randint(k_c, (n,), 0, 8)
-    return centres[idx] + jnp.float32(0.1 ** 0.25) * jax.random.normal(k_z, (n, 2), jnp.float32)
-
-
-def moons(key, n):
-    """sklearn ``make_moons(noise=0.2)`` (angles drawn uniformly) mapped by 3 x - 1."""
-    k_h, k_a, k_z = jax.random.split(key, 3)
-    theta = jnp.float32(np.pi) * jax.random.uniform(k_a, (n,), jnp.float32)
-    upper = jax.random.bernoulli(k_h, 0.5, (n,))
-    x = jnp.where(upper, jnp.cos(theta), 1.0 - jnp.cos(theta))
-    y = jnp.where(upper, jnp.sin(theta), 0.5 - jnp.sin(theta))
-    pts = jnp.stack([x, y], axis=-1) + 0.2 * jax.random.normal(k_z, (n, 2), jnp.float32)
-    return 3.0 * pts - 1.0
+eight_gaussians = fm.datasets.eight_gaussians  # torchcfm's sample_8gaussians
+moons = fm.datasets.moons
 
 
 def test_ot_coupling_lowers_normalized_path_energy():
