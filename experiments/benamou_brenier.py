@@ -8,7 +8,7 @@ For pairs of Gaussians :math:`\alpha = N(m_0, \Sigma_0)`, :math:`\beta = N(m_1, 
   particles, and exact by a sigma-point quadrature, exact for affine flows);
 * the kinetic energy :math:`E = \int_0^1\int\|v_t\|^2 d\mu_t dt` of the McCann flow, the
   closed-form flow-matching flow (independent coupling), and trained nets with independent
-  (I-FM) and minibatch-OT (OT-FM) couplings, with :math:`E/W_2^2 \ge 1` (the seed's
+  (I-FM) and minibatch-OT (OT-FM) couplings, with :math:`E/W_2^2 \ge 1` (the notes'
   inequality) and the displacement cost :math:`E\|\varphi_1(x) - x\|^2` (the Jensen step of
   the proof).
 

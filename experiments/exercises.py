@@ -1,4 +1,4 @@
-"""Numerical check of every claim of the seed (Exercises 1-5, continuity equation, BB).
+"""Numerical check of every claim of the notes (Exercises 1-5, continuity equation, BB).
 
 One row per claim: the quantity compared, the independent reference it is compared with
 (a NumPy/SciPy re-derivation of the formula, a theorem, a Monte-Carlo estimate with its
@@ -49,7 +49,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------
-# Independent NumPy references (re-derived from the seed, not calling fmjax)
+# Independent NumPy references (re-derived from the notes, not calling fmjax)
 # --------------------------------------------------------------------------------------
 def random_joint(rng: np.random.Generator, d: int):
     """Blocks (S0, S1, S01) of a random joint covariance of (X0, X1); S01 = Cov(X1, X0)."""
@@ -498,7 +498,7 @@ def run(config: Config, workdir: Path | str) -> dict:
     n_ok = sum(r["ok"] for r in rows)
     ok = n_ok == len(rows)
     table = _common.markdown_table(
-        ["claim", "seed", "reference", "error", "tolerance", "pass", "note"],
+        ["claim", "the notes", "reference", "error", "tolerance", "pass", "note"],
         [[r["claim"], r["seed"], r["reference"], r["error"],
           ("<= " if r["sense"] == "<=" else ">= ") + _common.fmt(r["tol"]), r["ok"], r["note"]]
          for r in rows])
@@ -506,7 +506,7 @@ def run(config: Config, workdir: Path | str) -> dict:
                "`error` is a max absolute error (relative where the claim says so); rows "
                "marked `>=` show a gap that must be positive (an inequality, or a "
                "counter-example showing a hypothesis is needed).")
-    _common.write_outputs(workdir, name=NAME, title="The seed's claims, checked numerically",
+    _common.write_outputs(workdir, name=NAME, title="The notes' claims, checked numerically",
                           config=config, results=dict(ok=ok, rows=rows, seconds=tm.seconds),
                           sections=[("", summary), ("Claims", table)])
     return dict(ok=ok, rows=rows, seconds=tm.seconds)

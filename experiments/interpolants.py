@@ -1,7 +1,7 @@
 r"""Linear vs trigonometric interpolant: variance curve, closed-form flows, trained nets.
 
 * The marginal variance :math:`\mathrm{Var}(X_t) = a(t)^2 + b(t)^2` for independent unit
-  variances (the seed's example: 0.5 at t = 0.5 for the linear path, 1 for all t for the
+  variances (the notes' example: 0.5 at t = 0.5 for the linear path, 1 for all t for the
   trigonometric one), measured by Monte Carlo and exact.
 * The closed-form flow-matching flows (``fm.mixture_velocity``, independent coupling) from
   N(0, I) to a ring of 8 Gaussians on both paths: trajectories, NFE of an adaptive solver,
@@ -153,7 +153,7 @@ def run(config: Config, workdir: Path | str) -> dict:
                 net_samples[(pname, coupling)] = np.asarray(pe.x1)
 
     t_var = _common.markdown_table(
-        ["path", "seed's value at t=0.5", "exact a²+b² at t=0.5",
+        ["path", "the notes' value at t=0.5", "exact a²+b² at t=0.5",
          f"Monte Carlo (n={config.n_mc:,})", "min over t of a²+b²", "MC standard error"],
         var_rows, digits=4)
     t_cf = _common.markdown_table(
@@ -170,7 +170,7 @@ def run(config: Config, workdir: Path | str) -> dict:
                          f"{config.batch_size})", t_net))
     sections.append(("Notes", (
         "Var(X_t) for independent unit-variance endpoints: the linear path dips to 0.5 at "
-        "t = 0.5 (the seed's example), the trigonometric one keeps 1. Both closed-form flows "
+        "t = 0.5 (the notes' example), the trigonometric one keeps 1. Both closed-form flows "
         "reach the target (W2 at the sampling floor); they differ in the kinetic energy "
         "(the time parametrisation changes the speed profile) "
         "and in the NFE an adaptive solver needs. "

@@ -1,6 +1,6 @@
 """Tests for fmjax.closed_form against independent references (seed Exercises 1, 4, 5).
 
-References used: the seed's printed formulas evaluated literally in NumPy; Gaussian
+References used: the notes' printed formulas evaluated literally in NumPy; Gaussian
 conditioning of the joint law of (dX_t/dt, X_t) built from the 2d x 2d joint covariance
 (a different route from the library's block formula); SciPy's multivariate normal;
 Monte-Carlo conditional means with confidence intervals; closed-form continuity residuals;

@@ -7,7 +7,7 @@ promotion of ``conftest.py``, so an example must also be free of implicit promot
 
 The reference each doctest is checked against is the output written in the docstring (a
 closed form worked out by hand next to it: a symmetric mixture's zero velocity, the N(0, 1)
-log-density -0.9189, the seed's rotation with zero continuity residual...).
+log-density -0.9189, the notes' rotation with zero continuity residual...).
 
 A second test asserts that every public class and function (``fmjax.__all__``,
 ``fmjax.nn.__all__``, ``fmjax.datasets.__all__``) has a docstring with an example.

@@ -74,7 +74,7 @@ def test_exercises_all_claims_hold(tmp_path):
     failed = [(r["claim"], r["error"], r["tol"]) for r in res["rows"] if not r["ok"]]
     assert not failed, failed
     assert res["ok"] and len(res["rows"]) >= 20
-    # every exercise of the seed is present
+    # every exercise of the notes is present
     text = (tmp_path / "results.md").read_text()
     for tag in ("Ex 1(a)", "Ex 1(b)", "Ex 1(c)", "Ex 2", "Ex 3", "Ex 4(a)", "Ex 4(b)", "Ex 5",
                 "CE example", "Dynamical formulation"):

@@ -3,7 +3,7 @@
 ``notebooks/quickstart.ipynb`` is executed with nbclient in a fresh IPython kernel, with
 ``FMJAX_QUICK=1`` (small sizes and ~100 training steps). The notebook asserts its own
 numbers against independent references as it goes: Monte-Carlo variances of the interpolants
-against :math:`(1-t)^2 + t^2` and 1, ``gaussian_velocity`` against the seed's Exercise 4(a)
+against :math:`(1-t)^2 + t^2` and 1, ``gaussian_velocity`` against the notes' Exercise 4(a)
 formula, continuity residuals (zero for the true pairs, not for a wrong velocity), the McCann
 kinetic energy against :math:`\\mathbb{E}\\|T(X_0) - X_0\\|^2`, and the likelihood of the
 McCann flow against SciPy-style Gaussian log-densities. ``notebooks/compose.ipynb`` builds a

@@ -364,7 +364,7 @@ def test_mccann_interpolation_callable_agrees_with_affine():
 
 @pytest.mark.parametrize("kind", ["gaussian_map", "nonsymmetric"])
 def test_mccann_velocity_transports_along_straight_lines(kind, dtype):
-    # The seed's identity v_t o T_t = T - Id, and T_t is the flow of v (dT_t/dt = v_t o T_t).
+    # The notes' identity v_t o T_t = T - Id, and T_t is the flow of v (dT_t/dt = v_t o T_t).
     rng = np.random.default_rng(110)
     d = 3
     if kind == "gaussian_map":

@@ -16,7 +16,7 @@ TIMES = [0.0, 0.25, 0.5, 0.9, 1.0]
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_coefficients_closed_form(path, dtype):
-    # Reference: the formulas printed in the seed (and the quadratic path's own a, b).
+    # Reference: the formulas printed in the notes (and the quadratic path's own a, b).
     ref = {"linear": lambda t: (1 - t, t),
            "trigonometric": lambda t: (math.cos(math.pi * t / 2), math.sin(math.pi * t / 2)),
            "quadratic": lambda t: (1 - t**2, t**2)}[path.name]
@@ -65,7 +65,7 @@ def test_seed_variance_example_exact():
 @pytest.mark.parametrize("path,t,var", [(fm.Linear(), 0.5, 0.5), (fm.Trigonometric(), 0.5, 1.0),
                                         (fm.Trigonometric(), 0.2, 1.0)])
 def test_seed_variance_example_sampled(path, t, var):
-    # Monte-Carlo: sample variance of interpolated pairs vs the seed's value, within a
+    # Monte-Carlo: sample variance of interpolated pairs vs the notes' value, within a
     # 5-sigma band (Var of the sample variance of a Gaussian is 2 var^2 / (n - 1)).
     n = 200_000
     rng = np.random.default_rng(1)
