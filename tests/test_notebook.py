@@ -40,6 +40,8 @@ def test_notebook_stored_without_outputs(name, min_cells):
 def _execute(path, tmp_path, monkeypatch):
     monkeypatch.setenv("FMJAX_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel is a new process: it must not inherit the test suite's strict JAX flags
+    # through the environment, and runs as a user would (float32 default)
     for var in ("JAX_ENABLE_X64", "JAX_NUMPY_RANK_PROMOTION", "JAX_NUMPY_DTYPE_PROMOTION"):
         monkeypatch.delenv(var, raising=False)
     nb = nbformat.read(path, as_version=4)
@@ -58,16 +60,7 @@ def test_compose_notebook_runs(tmp_path, monkeypatch):
 
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("FMJAX_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    # the kernel is a new process: it must not inherit the test suite's strict JAX flags
-    # through the environment, and runs as a user would (float32 default)
-    for var in ("JAX_ENABLE_X64", "JAX_NUMPY_RANK_PROMOTION", "JAX_NUMPY_DTYPE_PROMOTION"):
-        monkeypatch.delenv(var, raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError with the failing cell's traceback
+    nb = _execute(NOTEBOOK, tmp_path, monkeypatch)
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.outputs if o.output_type == "stream")
     assert "quick" in outputs  # the QUICK switch reached the kernel
