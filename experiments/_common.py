@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 import types
@@ -34,17 +35,27 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GRID_FIELDS",
+    "GridConfig",
+    "MergedRuns",
+    "RunStore",
     "Timer",
     "command_line",
     "ensure_x64",
     "fmt",
+    "fmt_pm",
+    "gaussian_sampler",
     "machine_info",
     "main",
     "markdown_table",
     "parse_config",
     "progress",
+    "protocol_fingerprint",
+    "provenance",
     "pyplot",
+    "random_gaussian_pair",
     "random_spd",
+    "sample_panel",
     "savefig",
     "sigma_points",
     "to_jsonable",
@@ -372,3 +383,242 @@ def savefig(fig, workdir: Path | str, name: str, *, dpi: int = 90) -> str:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return str(path)
+
+
+# --------------------------------------------------------------------------------------
+# Stored runs: a grid of (task, method, seed) runs that survives kills and splits into jobs
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """Base of the configs of experiments whose runs are stored (:class:`RunStore`): how a
+    grid runs, none of it part of the protocol (:data:`GRID_FIELDS`)."""
+
+    figure: bool = True
+    progress: bool = True
+    checkpoint_every: int = 1000  # steps between checkpoints of the run in training; 0: none
+    merge: tuple[str, ...] = ()  # other workdirs whose finished runs (same protocol) are reused
+    train: bool = True  # False: table from stored and merged runs only; missing ones listed
+
+    def __post_init__(self):
+        if self.checkpoint_every < 0:
+            raise ValueError(f"`checkpoint_every` must be >= 0 (0: no checkpoints), got "
+                             f"{self.checkpoint_every}")
+
+
+#: The fields of :class:`GridConfig`.
+GRID_FIELDS = tuple(f.name for f in dataclasses.fields(GridConfig))
+
+
+def fmt_pm(vals: Sequence[float], digits: int = 3) -> str:
+    """``mean ± std`` (sample std) of ``vals``, or the single value."""
+    a = np.asarray(vals, np.float64)
+    if a.size == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+
+
+def protocol_fingerprint(fields: dict, not_protocol: Sequence[str]) -> str:
+    """The protocol of a config (its ``dataclasses.asdict`` or its JSON dict) without the
+    ``not_protocol`` fields: what a stored run must match to be reused."""
+    fields = {k: v for k, v in fields.items() if k not in not_protocol}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+class RunStore:
+    """Finished runs on disk, so that an interrupted grid restarts where it stopped.
+
+    ``runs/TASK__METHOD__SEED.npz`` holds the configuration's fingerprint, the run's record
+    (JSON) and its NumPy arrays (every ``np.ndarray`` value of the record), written
+    atomically; a file of another protocol is ignored. ``runs/tasks.json`` caches per-task
+    references. ``checkpoint_dir`` is where the run in training keeps its checkpoints.
+    """
+
+    def __init__(self, workdir: Path | str, config: Any, not_protocol: Sequence[str]):
+        self.dir = Path(workdir) / "runs"
+        self.not_protocol = tuple(not_protocol)
+        self.fingerprint = protocol_fingerprint(dataclasses.asdict(config), self.not_protocol)
+
+    def _file(self, task: str, method: str, seed: int) -> Path:
+        return self.dir / f"{task.replace('->', '_to_')}__{method}__{seed}.npz"
+
+    def checkpoint_dir(self, task: str, method: str, seed: int) -> Path:
+        """Where the run in training keeps its checkpoints (removed once it is stored)."""
+        return self.dir.parent / "checkpoints" / self._file(task, method, seed).stem
+
+    def load(self, task: str, method: str, seed: int) -> dict | None:
+        """The stored record with its arrays and ``resumed=True``, or ``None``."""
+        f = self._file(task, method, seed)
+        if not f.exists():
+            return None
+        with np.load(f, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != self.fingerprint:
+                return None
+            rec = json.loads(str(z["record"]))
+            rec.update({k: z[k] for k in z.files if k not in ("fingerprint", "record")})
+        rec["resumed"] = True
+        return rec
+
+    def save(self, r: dict) -> None:
+        """Store record ``r`` (keys ``task``, ``method``, ``seed``; arrays kept as arrays)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = self._file(r["task"], r["method"], r["seed"])
+        tmp = f.with_suffix(".tmp.npz")
+        arrays = {k: v for k, v in r.items() if isinstance(v, np.ndarray)}
+        record = {k: v for k, v in r.items() if k not in arrays}
+        np.savez(tmp, fingerprint=self.fingerprint, record=json.dumps(record), **arrays)
+        os.replace(tmp, f)  # atomic: a killed run leaves no half-written record
+
+    def get(self, task: str, method: str, seed: int, merged: MergedRuns | None = None,
+            compute: Callable[[Path], dict] | None = None) -> dict | None:
+        """The run from this store, else from ``merged``, else ``compute(checkpoint_dir)``
+        (stored, its checkpoints removed); ``None`` when found nowhere and no ``compute``."""
+        r = self.load(task, method, seed)
+        if r is None and merged is not None:
+            r = merged.load(task, method, seed)
+        if r is None and compute is not None:
+            ckpt = self.checkpoint_dir(task, method, seed)
+            r = compute(ckpt)
+            self.save(r)
+            shutil.rmtree(ckpt, ignore_errors=True)
+        return r
+
+    def load_task(self, task: str) -> dict | None:
+        f = self.dir / "tasks.json"
+        if not f.exists():
+            return None
+        d = json.loads(f.read_text())
+        return d.get(task) if d.get("fingerprint") == self.fingerprint else None
+
+    def save_task(self, task: str, info: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = self.dir / "tasks.json"
+        d = json.loads(f.read_text()) if f.exists() else {}
+        if d.get("fingerprint") != self.fingerprint:
+            d = {"fingerprint": self.fingerprint}
+        d[task] = info
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        os.replace(tmp, f)
+
+
+class MergedRuns:
+    """Finished runs of other workdirs (``--merge``) under the same protocol: their stored
+    ``runs/*.npz`` (with arrays) and the ``runs`` of their ``results.json`` (metrics only:
+    runs made before runs were stored). A source whose per-task references (``check_keys``
+    of its ``tasks``) differ from this invocation's was evaluated on other data: an error."""
+
+    def __init__(self, dirs: Iterable[str], config: Any, not_protocol: Sequence[str],
+                 check_keys: Sequence[str]):
+        self.stores, self.records, self.tasks = [], {}, []
+        self.check_keys = tuple(check_keys)
+        fp = protocol_fingerprint(dataclasses.asdict(config), not_protocol)
+        for d in dirs:
+            d = Path(d)
+            if not d.is_dir():
+                raise ValueError(f"`merge`: {str(d)!r} is not a directory")
+            self.stores.append(RunStore(d, config, not_protocol))
+            res = d / "results.json"
+            if res.exists():
+                js = json.loads(res.read_text())
+                other = protocol_fingerprint(js.get("config", {}), not_protocol)
+                if other != fp:
+                    raise ValueError(f"`merge`: {str(res)!r} was made under another protocol "
+                                     f"({other}; this run: {fp})")
+                for r in js.get("runs", []):
+                    r = {k: v for k, v in r.items() if k not in ("resumed", "source")}
+                    self.records.setdefault((r["task"], r["method"], r["seed"]),
+                                            dict(r, resumed=True, source=str(d)))
+                self.tasks.append((str(res), js.get("tasks", {})))
+
+    def load(self, task: str, method: str, seed: int) -> dict | None:
+        for store in self.stores:
+            r = store.load(task, method, seed)
+            if r is not None:
+                return dict(r, source=str(store.dir.parent))
+        r = self.records.get((task, method, seed))
+        return dict(r) if r is not None else None
+
+    def check_task(self, task: str, info: dict) -> None:
+        for src, tasks in self.tasks:
+            other = tasks.get(task)
+            if other is None:
+                continue
+            for k in self.check_keys:
+                a, b = float(other[k]), float(info[k])
+                if abs(a - b) > 1e-6 * max(abs(a), abs(b)):
+                    raise ValueError(f"`merge`: {src!r} has {k} = {a!r} for {task}, this "
+                                     f"invocation {b!r}: its runs were evaluated on other data")
+
+
+def provenance(seconds: float, runs: Sequence[dict], store: RunStore,
+               missing: Sequence[str]) -> str:
+    """A sentence on where the runs of a table come from: trained, resumed mid-training,
+    loaded from this workdir or merged from others, or missing."""
+    text = f"Total wall-clock of this invocation {seconds:.0f} s."
+    mid = [r for r in runs if r.get("resumed_from")]
+    if mid:
+        text += (f" {len(mid)} runs resumed mid-training from a checkpoint; their s / run "
+                 f"counts the steps after it only.")
+    n_loaded = sum(bool(r.get("resumed")) for r in runs)
+    if n_loaded:
+        sources = sorted({r["source"] for r in runs if r.get("source")})
+        n_merged = sum(bool(r.get("source")) for r in runs)
+        parts = ([f"{n_loaded - n_merged} from this workdir's {store.dir} (an earlier "
+                  f"invocation)"] if n_loaded > n_merged else [])
+        parts += [f"{n_merged} merged from " + ", ".join(sources)] if n_merged else []
+        text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded: "
+                 + "; ".join(parts) + ". Each run's s / run is its own.")
+    if missing:
+        text += (f" Not run (--train=False), left out of the table: {len(missing)} runs ("
+                 + ", ".join(missing) + ").")
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian tasks
+# --------------------------------------------------------------------------------------
+def random_gaussian_pair(rng: np.random.Generator, d: int, cond: float = 10.0):
+    """``(m0, S0, m1, S1)``: random means (the target's shifted by 1) and SPD covariances
+    (:func:`random_spd` with condition number ``cond``) of two Gaussians in ``R^d``."""
+    m0, m1 = rng.normal(size=d), rng.normal(size=d) + 1.0
+    return m0, random_spd(rng, d, cond), m1, random_spd(rng, d, cond)
+
+
+def gaussian_sampler(m: np.ndarray, s: np.ndarray, dtype: Any = None) -> Callable:
+    """A pure JAX sampler ``(key, n) -> (n, d)`` of ``N(m, s)`` (default dtype float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.float32 if dtype is None else dtype
+    mj = jnp.asarray(m, dtype)
+    lj = jnp.asarray(np.linalg.cholesky(s), dtype)
+
+    def sample(key, n):
+        z = jax.random.normal(key, (n, mj.shape[0]), dtype=dtype)
+        return mj[None, :] + z @ lj.T
+
+    return sample
+
+
+def sample_panel(ax, samples: np.ndarray | None = None, xs: np.ndarray | None = None, *,
+                 target: np.ndarray | None = None, size: float = 4,
+                 end_color: str | None = None) -> None:
+    """A 2-D panel without ticks: ``target`` points in light grey, ``samples`` in blue,
+    trajectories ``xs`` ``(T, n, 2)`` as olive lines from black starting points (their end
+    points in ``end_color``); a note when neither samples nor trajectories are given."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if target is not None:
+        ax.scatter(target[:, 0], target[:, 1], s=1, c="0.8", rasterized=True)
+    if samples is None and xs is None:
+        ax.text(0.5, 0.5, "no stored samples", ha="center", transform=ax.transAxes)
+        return
+    if samples is not None:
+        ax.scatter(samples[:, 0], samples[:, 1], s=1, c="tab:blue", alpha=0.5,
+                   rasterized=True)
+    if xs is not None:
+        for k in range(xs.shape[1]):
+            ax.plot(xs[:, k, 0], xs[:, k, 1], lw=0.5, color="tab:olive", alpha=0.8)
+        ax.scatter(xs[0, :, 0], xs[0, :, 1], s=size, c="k", zorder=3)
+        if end_color is not None:
+            ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=size, c=end_color, zorder=3)

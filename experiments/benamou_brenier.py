@@ -28,7 +28,7 @@ import numpy as np
 import fmjax as fm
 
 from . import _common
-from ._common import random_spd, sigma_points
+from ._common import gaussian_sampler, random_gaussian_pair, sigma_points
 
 NAME = "benamou_brenier"
 
@@ -53,17 +53,6 @@ class Config:
         return cls(dims=(1, 2, 16), n_samples=512, train_dims=(2,), train_steps=1500)
 
 
-def _gaussian_sampler(m: np.ndarray, s: np.ndarray, dtype=jnp.float32):
-    mj = jnp.asarray(m, dtype)
-    lj = jnp.asarray(np.linalg.cholesky(s), dtype)
-
-    def sample(key, n):
-        z = jax.random.normal(key, (n, mj.shape[0]), dtype=dtype)
-        return mj[None, :] + z @ lj.T
-
-    return sample
-
-
 def _energy(v, x0, **kw) -> dict:
     """Kinetic energy (mean, standard error over particles) and displacement cost."""
     out = fm.straightness(v, jnp.asarray(x0), **kw)
@@ -71,11 +60,6 @@ def _energy(v, x0, **kw) -> dict:
     disp = np.sum((np.asarray(out.x1, np.float64) - np.asarray(x0, np.float64)) ** 2, axis=1)
     return dict(energy=float(pp.mean()), se=float(pp.std(ddof=1) / math.sqrt(len(pp))),
                 disp=float(disp.mean()), x1=np.asarray(out.x1, np.float64))
-
-
-def _pair(rng: np.random.Generator, d: int, cond: float):
-    m0, m1 = rng.normal(size=d), rng.normal(size=d) + 1.0
-    return m0, random_spd(rng, d, cond), m1, random_spd(rng, d, cond)
 
 
 def run(config: Config, workdir: Path | str) -> dict:
@@ -89,14 +73,14 @@ def run(config: Config, workdir: Path | str) -> dict:
     ok = True
     with _common.Timer() as total:
         for d in _common.progress(config.dims, desc="dims", enabled=config.progress):
-            m0, s0, m1, s1 = _pair(rng, d, config.cond)
+            m0, s0, m1, s1 = random_gaussian_pair(rng, d, config.cond)
             g = dict(mean0=jnp.asarray(m0), cov0=jnp.asarray(s0), mean1=jnp.asarray(m1),
                      cov1=jnp.asarray(s1))
             w2sq = float(fm.gaussian_w2_squared(**{k: g[k] for k in g}))
             key, kx, ky, ky2 = jax.random.split(key, 4)
-            x = np.asarray(_gaussian_sampler(m0, s0, jnp.float64)(kx, n))
-            y = np.asarray(_gaussian_sampler(m1, s1, jnp.float64)(ky, n))
-            y2 = np.asarray(_gaussian_sampler(m1, s1, jnp.float64)(ky2, n))
+            x = np.asarray(gaussian_sampler(m0, s0, jnp.float64)(kx, n))
+            y = np.asarray(gaussian_sampler(m1, s1, jnp.float64)(ky, n))
+            y2 = np.asarray(gaussian_sampler(m1, s1, jnp.float64)(ky2, n))
             w2_exact = float(fm.w2(jnp.asarray(x), jnp.asarray(y), method="exact")) ** 2
             w2_sink = float(fm.w2(jnp.asarray(x), jnp.asarray(y), method="sinkhorn")) ** 2
             floor = float(fm.w2(jnp.asarray(y), jnp.asarray(y2), method="exact"))
@@ -124,8 +108,8 @@ def run(config: Config, workdir: Path | str) -> dict:
                 for coupling, tag in (("independent", "ifm"), ("ot", "otfm")):
                     key, kfit = jax.random.split(key)
                     with _common.Timer() as tm:
-                        model, _ = fm.fit(kfit, _gaussian_sampler(m0, s0),
-                                          _gaussian_sampler(m1, s1), coupling=coupling,
+                        model, _ = fm.fit(kfit, gaussian_sampler(m0, s0),
+                                          gaussian_sampler(m1, s1), coupling=coupling,
                                           steps=config.train_steps,
                                           batch_size=config.batch_size,
                                           progress=config.progress)

@@ -26,9 +26,6 @@ The grid goes seed by seed over all tasks, so a partial grid has whole seeds.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -70,7 +67,7 @@ TASK_LABELS = {"N->8gaussians": "N → 8 Gaussians", "8gaussians->moons": "8 Gau
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(_common.GridConfig):
     """toy2d configuration. Defaults: the full published protocol (hours on a 2-core CPU)."""
 
     tasks: tuple[str, ...] = ("N->8gaussians", "8gaussians->moons", "N->moons", "N->scurve")
@@ -89,11 +86,7 @@ class Config:
     w2_method: str = "exact"  # "exact" (POT network simplex at any n) or fm.w2's "auto"
     floor_reps: int = 3
     n_traj: int = 64  # trajectories drawn per panel
-    figure: bool = True
-    progress: bool = True
-    checkpoint_every: int = 2000  # steps between checkpoints of the run in training; 0: none
-    merge: tuple[str, ...] = ()  # other workdirs whose finished runs (same protocol) are reused
-    train: bool = True  # False: table from stored and merged runs only; missing ones listed
+    checkpoint_every: int = 2000
 
     @classmethod
     def quick(cls) -> Config:
@@ -114,13 +107,6 @@ def _task(name: str):
         raise ValueError(f"task {name!r} is not 'SOURCE->TARGET'; published tasks: "
                          f"{sorted(datasets.TASKS)}, samplers: {sorted(datasets.SAMPLERS)}")
     return datasets.get(name)
-
-
-def _fmt_pm(vals: list[float], digits: int = 3) -> str:
-    a = np.asarray(vals, np.float64)
-    if a.size == 1:
-        return f"{a[0]:.{digits}f}"
-    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
 
 
 def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_data,
@@ -166,118 +152,10 @@ def run_one(task: str, method: str, seed: int, config: Config, samplers, eval_da
 
 
 #: Config fields that do not change what one (task, method, seed) run computes.
-_NOT_PROTOCOL = ("tasks", "methods", "seeds", "figure", "progress", "n_traj", "merge", "train",
-                 "checkpoint_every")
+_NOT_PROTOCOL = ("tasks", "methods", "seeds", "n_traj", *_common.GRID_FIELDS)
 
 
-def _fingerprint(fields: dict) -> str:
-    """The protocol of a config (a dataclass or its JSON dict): what a stored run must match."""
-    fields = {k: v for k, v in fields.items() if k not in _NOT_PROTOCOL}
-    return json.dumps(fields, sort_keys=True, default=str)
-
-
-class _RunLog:
-    """Finished runs on disk (``runs/TASK__METHOD__SEED.npz``, with the configuration's
-    fingerprint), so that an interrupted grid restarts where it stopped; ``runs/tasks.json``
-    caches the per-task references (W2²(source, target), the W2 floor)."""
-
-    def __init__(self, workdir: Path, config: Config):
-        self.dir = Path(workdir) / "runs"
-        self.fingerprint = _fingerprint(dataclasses.asdict(config))
-
-    def _file(self, task: str, method: str, seed: int) -> Path:
-        return self.dir / f"{task.replace('->', '_to_')}__{method}__{seed}.npz"
-
-    def checkpoint_dir(self, task: str, method: str, seed: int) -> Path:
-        """Where the run in training keeps its checkpoints (removed once it is stored)."""
-        return self.dir.parent / "checkpoints" / self._file(task, method, seed).stem
-
-    def load(self, task: str, method: str, seed: int) -> dict | None:
-        f = self._file(task, method, seed)
-        if not f.exists():
-            return None
-        with np.load(f, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != self.fingerprint:
-                return None
-            rec = json.loads(str(z["record"]))
-            rec.update(x1=z["x1"], xs=z["xs"], resumed=True)
-        return rec
-
-    def save(self, r: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = self._file(r["task"], r["method"], r["seed"])
-        tmp = f.with_suffix(".tmp.npz")
-        record = {k: v for k, v in r.items() if k not in ("x1", "xs")}
-        np.savez(tmp, fingerprint=self.fingerprint, record=json.dumps(record), x1=r["x1"],
-                 xs=r["xs"])
-        os.replace(tmp, f)  # atomic: a killed run leaves no half-written record
-
-    def load_task(self, task: str) -> dict | None:
-        f = self.dir / "tasks.json"
-        if not f.exists():
-            return None
-        d = json.loads(f.read_text())
-        return d.get(task) if d.get("fingerprint") == self.fingerprint else None
-
-    def save_task(self, task: str, info: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = self.dir / "tasks.json"
-        d = json.loads(f.read_text()) if f.exists() else {}
-        if d.get("fingerprint") != self.fingerprint:
-            d = {"fingerprint": self.fingerprint}
-        d[task] = info
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(d, indent=1))
-        os.replace(tmp, f)
-
-
-class _Merged:
-    """Finished runs of other workdirs (``--merge``) under the same protocol: their stored
-    ``runs/*.npz`` (with samples, for the figure) and the ``runs`` of their ``results.json``
-    (metrics only: runs made before runs were stored). A source whose per-task references
-    differ from this invocation's was evaluated on other data: that is an error."""
-
-    def __init__(self, dirs, config: Config):
-        self.logs, self.records, self.tasks = [], {}, []
-        fp = _fingerprint(dataclasses.asdict(config))
-        for d in dirs:
-            d = Path(d)
-            if not d.is_dir():
-                raise ValueError(f"`merge`: {str(d)!r} is not a directory")
-            self.logs.append(_RunLog(d, config))
-            res = d / "results.json"
-            if res.exists():
-                js = json.loads(res.read_text())
-                if _fingerprint(js.get("config", {})) != fp:
-                    raise ValueError(f"`merge`: {str(res)!r} was made under another protocol "
-                                     f"({_fingerprint(js.get('config', {}))}; this run: {fp})")
-                for r in js.get("runs", []):
-                    r = {k: v for k, v in r.items() if k not in ("resumed", "source")}
-                    self.records.setdefault((r["task"], r["method"], r["seed"]),
-                                            dict(r, resumed=True, source=str(d)))
-                self.tasks.append((str(res), js.get("tasks", {})))
-
-    def load(self, task: str, method: str, seed: int) -> dict | None:
-        for log in self.logs:
-            r = log.load(task, method, seed)
-            if r is not None:
-                return dict(r, source=str(log.dir.parent))
-        r = self.records.get((task, method, seed))
-        return dict(r) if r is not None else None
-
-    def check_task(self, task: str, info: dict) -> None:
-        for src, tasks in self.tasks:
-            other = tasks.get(task)
-            if other is None:
-                continue
-            for k in ("w2sq_source_target", "floor"):
-                a, b = float(other[k]), float(info[k])
-                if abs(a - b) > 1e-6 * max(abs(a), abs(b)):
-                    raise ValueError(f"`merge`: {src!r} has {k} = {a!r} for {task}, this "
-                                     f"invocation {b!r}: its runs were evaluated on other data")
-
-
-def _task_info(task: str, config: Config, log: _RunLog) -> dict:
+def _task_info(task: str, config: Config, log: _common.RunStore) -> dict:
     """Evaluation data and references of one task (the references cached in ``log``)."""
     samplers = _task(task)
     kx, ky, kf = jax.random.split(jax.random.PRNGKey(12345), 3)
@@ -319,12 +197,10 @@ def run(config: Config, workdir: Path | str) -> dict:
             raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
     for t in config.tasks:
         _task(t)
-    if config.checkpoint_every < 0:
-        raise ValueError(f"`checkpoint_every` must be >= 0 (0: no checkpoints), got "
-                         f"{config.checkpoint_every}")
     runs, task_info, last_runs, missing = [], {}, {}, []
-    log = _RunLog(workdir, config)
-    merged = _Merged(config.merge, config)
+    log = _common.RunStore(workdir, config, _NOT_PROTOCOL)
+    merged = _common.MergedRuns(config.merge, config, _NOT_PROTOCOL,
+                                ("w2sq_source_target", "floor"))
     # Seed-major: a grid stopped part-way has whole seeds over all tasks and methods.
     grid = [(t, m, s) for s in range(config.seeds) for t in config.tasks for m in config.methods]
     bar = _common.progress(range(len(grid)), desc="toy2d runs", enabled=config.progress)
@@ -335,14 +211,13 @@ def run(config: Config, workdir: Path | str) -> dict:
             merged.check_task(task, task_info[task])
         for task, method, seed in grid:
             info = task_info[task]
-            r = log.load(task, method, seed) or merged.load(task, method, seed)
-            if r is None and config.train:
-                ckpt = log.checkpoint_dir(task, method, seed)
-                r = run_one(task, method, seed, config, info["samplers"],
-                            (info["x0_eval"], info["x1_eval"], info["w2sq_source_target"]),
-                            checkpoint_dir=ckpt)
-                log.save(r)
-                shutil.rmtree(ckpt, ignore_errors=True)
+
+            def compute(ckpt, task=task, method=method, seed=seed, info=info):
+                return run_one(task, method, seed, config, info["samplers"],
+                               (info["x0_eval"], info["x1_eval"], info["w2sq_source_target"]),
+                               checkpoint_dir=ckpt)
+
+            r = log.get(task, method, seed, merged, compute if config.train else None)
             next(it, None)
             if r is None:
                 missing.append(f"{task}/{method}/seed {seed}")
@@ -354,8 +229,6 @@ def run(config: Config, workdir: Path | str) -> dict:
         runs.sort(key=lambda r: (config.tasks.index(r["task"]),
                                  config.methods.index(r["method"]), r["seed"]))
 
-    n_loaded = sum(bool(r.get("resumed")) for r in runs)
-    sources = sorted({r["source"] for r in runs if r.get("source")})
     # ---------------- table ----------------
     rows = []
     summary = {}
@@ -374,14 +247,14 @@ def run(config: Config, workdir: Path | str) -> dict:
                     w2_mean=float(np.mean(w2s)), npe_mean=float(np.mean(npes)),
                     npe_blurred_mean=float(np.mean(npes_b)),
                     seconds_mean=float(np.mean([r["seconds"] for r in rs])), seeds=len(rs))
-            cells = ([_fmt_pm(w2s)] if rs else ["–"]) + [
+            cells = ([_common.fmt_pm(w2s)] if rs else ["–"]) + [
                 f"{pw2[0]:.3f} ± {pw2[1]:.3f} ({PUBLISHED_FOR[method]})" if pw2 else "–",
                 f"{info['floor']:.3f} ± {info['floor_sd']:.3f}"]
-            cells += ([_fmt_pm(npes)] if rs else ["–"]) + [f"{pnpe:.3f}" if pnpe is not None
+            cells += ([_common.fmt_pm(npes)] if rs else ["–"]) + [f"{pnpe:.3f}" if pnpe is not None
                                                           else "–"]
-            cells.append(_fmt_pm(npes_b) if rs else "–")
-            cells += ([_fmt_pm([r["npe_realised"] for r in rs], 4),
-                       _fmt_pm([r["seconds"] for r in rs], 1),
+            cells.append(_common.fmt_pm(npes_b) if rs else "–")
+            cells += ([_common.fmt_pm([r["npe_realised"] for r in rs], 4),
+                       _common.fmt_pm([r["seconds"] for r in rs], 1),
                        f"{np.mean([r['steps_per_s'] for r in rs]):,.0f}"] if rs else
                       ["–"] * 3)
             rows.append([TASK_LABELS.get(task, task), METHODS[method][2], str(len(rs))] + cells)
@@ -423,28 +296,9 @@ def run(config: Config, workdir: Path | str) -> dict:
         results=results,
         sections=[("Setup", setup + (" " + datasets_note if datasets_note else "")),
                   ("Results (mean ± std over seeds)", table),
-                  ("", _provenance(total.seconds, runs, n_loaded, log, sources, missing))],
+                  ("", _common.provenance(total.seconds, runs, log, missing))],
         figures=figures)
     return results
-
-
-def _provenance(seconds, runs, n_loaded, log, sources, missing) -> str:
-    text = f"Total wall-clock of this invocation {seconds:.0f} s."
-    mid = [r for r in runs if r.get("resumed_from")]
-    if mid:
-        text += (f" {len(mid)} runs resumed mid-training from a checkpoint; their s / run "
-                 f"counts the steps after it only.")
-    if n_loaded:
-        n_merged = sum(bool(r.get("source")) for r in runs)
-        parts = ([f"{n_loaded - n_merged} from this workdir's {log.dir} (an earlier invocation)"]
-                 if n_loaded > n_merged else [])
-        parts += [f"{n_merged} merged from " + ", ".join(sources)] if n_merged else []
-        text += (f" {n_loaded} of {len(runs)} runs were not trained by it but loaded: "
-                 + "; ".join(parts) + ". Each run's s / run is its own.")
-    if missing:
-        text += (f" Not run (--train=False), left out of the table: {len(missing)} runs ("
-                 + ", ".join(missing) + ").")
-    return text
 
 
 def _figure(workdir, config, task_info, last_runs) -> str:
@@ -455,22 +309,13 @@ def _figure(workdir, config, task_info, last_runs) -> str:
         tgt = task_info[task]["x1_eval"][:2000]
         for j, method in enumerate(config.methods):
             ax = axes[i, j]
-            ax.scatter(tgt[:, 0], tgt[:, 1], s=1, c="0.8", rasterized=True)
             if i == 0:
                 ax.set_title(METHODS[method][2], fontsize=9)
             if j == 0:
                 ax.set_ylabel(TASK_LABELS.get(task, task), fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if (task, method) not in last_runs:  # only metrics stored for this cell
-                ax.text(0.5, 0.5, "no stored samples", ha="center", transform=ax.transAxes)
-                continue
-            x1, xs = last_runs[(task, method)]
-            ax.scatter(x1[:2000, 0], x1[:2000, 1], s=1, c="tab:blue", alpha=0.5,
-                       rasterized=True)
-            for k in range(xs.shape[1]):
-                ax.plot(xs[:, k, 0], xs[:, k, 1], lw=0.5, color="tab:olive", alpha=0.8)
-            ax.scatter(xs[0, :, 0], xs[0, :, 1], s=4, c="k")
+            # no samples: only metrics stored for this cell
+            x1, xs = last_runs.get((task, method), (None, None))
+            _common.sample_panel(ax, None if x1 is None else x1[:2000], xs, target=tgt)
     fig.tight_layout()
     return _common.savefig(fig, workdir, "samples_trajectories", dpi=70)
 
