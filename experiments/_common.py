@@ -34,9 +34,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GRID_FIELDS",
+    "GridOptions",
+    "RunStore",
     "Timer",
     "command_line",
     "ensure_x64",
+    "fingerprint",
     "fmt",
     "machine_info",
     "main",
@@ -372,3 +376,100 @@ def savefig(fig, workdir: Path | str, name: str, *, dpi: int = 90) -> str:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return str(path)
+
+
+# --------------------------------------------------------------------------------------
+# Finished runs on disk (restart where a grid stopped; merge grids split over jobs)
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GridOptions:
+    """Config fields of a grid of stored runs that change what no run computes.
+
+    An experiment's ``Config`` subclasses it (its own fields follow); ``GRID_FIELDS`` are
+    left out of the runs' fingerprints.
+    """
+
+    figure: bool = True
+    progress: bool = True
+    checkpoint_every: int = 1000  # steps between checkpoints of the run in training; 0: none
+    merge: tuple[str, ...] = ()  # other workdirs whose finished runs (same protocol) are reused
+    train: bool = True  # False: table from stored and merged runs only; missing ones listed
+
+
+#: The fields of :class:`GridOptions`.
+GRID_FIELDS = tuple(f.name for f in dataclasses.fields(GridOptions))
+
+
+def fingerprint(fields: dict, exclude: Iterable[str] = ()) -> str:
+    """A canonical JSON string of ``fields`` less ``exclude``: what a stored run must match.
+
+    Example:
+        >>> fingerprint({"steps": 10, "seeds": 3, "lr": 1e-3}, exclude=("seeds",))
+        '{"lr": 0.001, "steps": 10}'
+    """
+    skip = set(exclude)
+    return json.dumps({k: v for k, v in fields.items() if k not in skip}, sort_keys=True,
+                      default=str)
+
+
+class RunStore:
+    """Finished runs of a grid, one ``WORKDIR/runs/KEY.npz`` each, with their fingerprint.
+
+    ``save`` writes a run atomically (a killed job leaves no half-written file): a JSON
+    ``record`` plus any arrays; ``load`` returns it only when its fingerprint equals the one
+    asked for, looking in this workdir first and then in the ``merge`` workdirs, in order (grids
+    split over several jobs are put together that way). ``checkpoint_dir(key)`` is where the
+    run in training keeps its checkpoints. Every run loaded from elsewhere carries
+    ``source`` (the workdir), and one whose stored fingerprint differs is counted in
+    ``mismatched`` (it is not used).
+
+    Example:
+        >>> import tempfile
+        >>> store = RunStore(tempfile.mkdtemp())
+        >>> store.save("a__1", '{"steps": 5}', {"loss": 0.5}, x=np.zeros(2))
+        >>> store.load("a__1", '{"steps": 5}')["loss"], store.load("a__1", '{"steps": 6}')
+        (0.5, None)
+    """
+
+    def __init__(self, workdir: Path | str, merge: Iterable[Path | str] = ()):
+        self.workdir = Path(workdir)
+        self.dir = self.workdir / "runs"
+        self.merge = [Path(d) for d in merge]
+        for d in self.merge:
+            if not d.is_dir():
+                raise ValueError(f"`merge`: {str(d)!r} is not a directory")
+        self.mismatched: list[str] = []
+
+    def _file(self, workdir: Path, key: str) -> Path:
+        return workdir / "runs" / f"{key}.npz"
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where the run ``key`` keeps its checkpoints while it trains."""
+        return self.workdir / "checkpoints" / key
+
+    def load(self, key: str, fp: str) -> dict | None:
+        """The stored run ``key`` under fingerprint ``fp`` (arrays under their names), or None."""
+        for i, workdir in enumerate([self.workdir, *self.merge]):
+            f = self._file(workdir, key)
+            if not f.exists():
+                continue
+            with np.load(f, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != fp:
+                    self.mismatched.append(str(f))
+                    continue
+                rec = json.loads(str(z["record"]))
+                rec.update({k: z[k] for k in z.files if k not in ("fingerprint", "record")})
+            rec["loaded"] = True
+            if i > 0:
+                rec["source"] = str(workdir)
+            return rec
+        return None
+
+    def save(self, key: str, fp: str, record: dict, **arrays: Any) -> None:
+        """Store the run ``key`` (``record`` JSON-able, ``arrays`` NumPy) atomically."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        f = self._file(self.workdir, key)
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, fingerprint=fp, record=json.dumps(to_jsonable(record)),
+                 **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, f)
