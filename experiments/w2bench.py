@@ -121,11 +121,12 @@ N_EVAL = 2**14
 #:   the fitted forward maps on the high-dimensional ``Mix3toMix10`` pairs, with the linear
 #:   baseline. Method names as in the paper and the repository README; ``:R`` is reversed.
 #: - ``"kornilov2024"``: Kornilov, Mokrov, Gasnikov, Korotin, "Optimal Flow Matching", NeurIPS
-#:   2024 (arXiv 2403.13117), Table 1 (OT-CFM, rectified flow, OFM on the same pairs).
+#:   2024 (arXiv 2403.13117), Table 1 (OT-CFM, rectified flow RF and c-RF, OFM on the same
+#:   pairs; the rows as a NeurIPS 2024 poster summary of the table names them).
 PUBLISHED: dict[str, dict[str, dict[int, float | None]]] = {
     "korotin2021": {m: dict.fromkeys(DIMS) for m in (
         "Linear", "MM", "MM:R", "MMv1", "MMv2", "MMv2:R", "MM-B", "W2", "W2:R", "QC", "LS")},
-    "kornilov2024": {m: dict.fromkeys(DIMS) for m in ("OT-CFM", "RF", "OFM")},
+    "kornilov2024": {m: dict.fromkeys(DIMS) for m in ("OT-CFM", "RF", "c-RF", "OFM")},
 }
 #: Numbers quoted by others (not read in the papers), ``SECONDARY[method][D] = (L2-UVP %,
 #: cosine, where)``; shown apart from :data:`PUBLISHED` and never used for a target.
@@ -520,14 +521,21 @@ METHODS: dict[str, Method] = {
     "sinkhorn4096": Method("Sinkhorn-FM (batch 4,096)", "sinkhorn", 4096),
     "rf2": Method("2-RF (reflow of I-FM)", "reflow", None),
 }
-#: The published flow-matching row set beside each of ours (``PUBLISHED["kornilov2024"]``).
-PUBLISHED_FOR = {"ifm": "RF", "otfm256": "OT-CFM", "otfm1024": "OT-CFM",
+#: The published flow-matching row set beside each of ours (``PUBLISHED["kornilov2024"]``);
+#: I-FM has none (their RF row is a rectified flow after reflow, the number of rounds not
+#: read in the paper).
+PUBLISHED_FOR = {"ifm": None, "otfm256": "OT-CFM", "otfm1024": "OT-CFM",
                  "sinkhorn4096": "OT-CFM", "rf2": "RF"}
 
-#: The training budget of each dimension: steps shared by every method (measured on the
-#: 2-core CPU, see ``docs/results/w2bench/PROTOCOL.md``).
-STEPS_BY_DIM = {2: 10_000, 4: 10_000, 8: 10_000, 16: 10_000, 32: 10_000, 64: 10_000,
-                128: 10_000}
+#: The training budget of each dimension: steps shared by every method, chosen from the
+#: measured costs on the 2-core CPU so that D = 2 ... 64 fits in about three hours
+#: (``docs/results/w2bench/README.md``); OT-FM at batch 1,024 (POT, ~0.35 CPU-s a step) is
+#: most of it.
+STEPS_BY_DIM = dict.fromkeys(DIMS, 2500)
+#: Sinkhorn-FM at batch 4,096 costs ~4.5-7 CPU-s a step (a 4,096^2 plan, ~40 iterations):
+#: the shared budget would take 3-5 hours per D, so it gets this many steps, stated beside
+#: its row (``--sinkhorn_steps`` for a separate, longer job).
+SINKHORN_STEPS = 60
 
 
 def net_size(dim: int) -> tuple[int, int]:
@@ -551,10 +559,11 @@ class Config(_common.GridOptions):
     depth: int = 0  # 0: net_size(D)
     batch_size: int = 1024  # I-FM and 2-RF (the OT rows carry theirs in their names)
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run's steps) or "constant"
     weight_decay: float = 1e-5
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99  # a cosine-decayed run ends nearly still: a short average
     sinkhorn_epsilon: float = 0.05  # relative to the mean pairwise cost (ott-jax)
-    sinkhorn_steps: int = 0  # 0: the shared budget; else that many steps for Sinkhorn-FM
+    sinkhorn_steps: int = 0  # 0: SINKHORN_STEPS; else that many steps for Sinkhorn-FM
     reflow_pairs: int = 2**15  # the 2-RF dataset: pairs (x0, phi_1(x0)) of the I-FM flow
     n_eval: int = N_EVAL  # fresh source points that score a map
     n_straight: int = 4096  # of them, the points of the straightness solve
@@ -565,7 +574,7 @@ class Config(_common.GridOptions):
     @classmethod
     def quick(cls) -> Config:
         return cls(dims=(2, 8), steps=300, width=64, depth=3, batch_size=256,
-                   sinkhorn_steps=100, reflow_pairs=4096, n_eval=4096, n_straight=1024,
+                   sinkhorn_steps=10, reflow_pairs=4096, n_eval=4096, n_straight=1024,
                    checkpoint_every=0)
 
 
@@ -588,6 +597,9 @@ def _check_config(config: Config) -> None:
         if getattr(config, name) < 0:
             raise ValueError(f"`{name}` must be >= 0 (0: the default), got "
                              f"{getattr(config, name)}")
+    if config.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"`lr_schedule` must be 'cosine' or 'constant', got "
+                         f"{config.lr_schedule!r}")
     if config.n_straight > config.n_eval:
         raise ValueError(f"`n_straight` ({config.n_straight}) must be <= `n_eval` "
                          f"({config.n_eval})")
@@ -598,8 +610,8 @@ def run_protocol(config: Config, dim: int, method: str) -> dict:
     width, depth = net_size(dim)
     steps = config.steps or STEPS_BY_DIM[dim]
     m = METHODS[method]
-    if m.coupling == "sinkhorn" and config.sinkhorn_steps:
-        steps = config.sinkhorn_steps
+    if m.coupling == "sinkhorn":
+        steps = config.sinkhorn_steps or SINKHORN_STEPS
     proto = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_PROTOCOL}
     proto.update(dim=dim, method=method, steps=steps, width=config.width or width,
                  depth=config.depth or depth, batch_size=m.batch_size or config.batch_size,
@@ -646,6 +658,12 @@ def _coupling(proto: dict):
     return fm.couplings.Sinkhorn(proto["sinkhorn_epsilon"])
 
 
+def _schedule(proto: dict):
+    if proto["lr_schedule"] == "cosine":
+        return optax.cosine_decay_schedule(proto["lr"], proto["steps"])
+    return proto["lr"]
+
+
 def train_one(pair: W2Pair, proto: dict, seed: int, base=None,
               checkpoint_dir: Path | None = None, checkpoint_every: int = 0,
               progress: bool = False):
@@ -657,8 +675,9 @@ def train_one(pair: W2Pair, proto: dict, seed: int, base=None,
     sample_x0, sample_x1 = _samplers(pair)
     key = jax.random.fold_in(jax.random.key(seed), proto["dim"])
     kw = dict(steps=proto["steps"], batch_size=proto["batch_size"],
-              optimizer=optax.adamw(proto["lr"], weight_decay=proto["weight_decay"]),
-              optimizer_name=f"adamw(lr={proto['lr']}, wd={proto['weight_decay']})",
+              optimizer=optax.adamw(_schedule(proto), weight_decay=proto["weight_decay"]),
+              optimizer_name=f"adamw(lr={proto['lr']} {proto['lr_schedule']}, "
+                             f"wd={proto['weight_decay']})",
               ema_decay=proto["ema_decay"], progress=progress)
     if checkpoint_dir is not None and checkpoint_every > 0:
         kw.update(checkpoint_every=checkpoint_every, keep_checkpoints=1)
@@ -805,7 +824,7 @@ def _train_and_store(pair, x, ref, proto, seed, key, fp, store, config, failed) 
 # Reporting (from the stored records only)
 # --------------------------------------------------------------------------------------
 #: The published flow-matching rows of Kornilov et al. (2024), Table 1.
-PUBLISHED_FM_ROWS = ("OT-CFM", "RF", "OFM")
+PUBLISHED_FM_ROWS = ("OT-CFM", "RF", "c-RF", "OFM")
 
 
 def _published(source: str, row: str, dim: int) -> float | None:
@@ -844,7 +863,7 @@ def summarize(config: Config, results: dict) -> dict:
         flows = {m: v["l2_uvp"] for m, v in per.items() if m in METHODS}
         best = min(flows.items(), key=lambda kv: kv[1]) if flows else None
         pub = best_published_fm(dim)
-        seconds = sum(r["train_seconds"] + r["eval_seconds"] + r.get("pair_seconds", 0.0)
+        seconds = sum(r["train_seconds"] + r["eval_seconds"]  # 2-RF's pairs: in training
                       for r in results["runs"] if r["dim"] == dim)
         out[str(dim)] = dict(
             scores=per, seconds=seconds,
@@ -871,15 +890,15 @@ def report(config: Config, workdir: Path, results: dict) -> None:
                          _common.fmt(base[name]["cosine"]), "–", "–", "–", cell, "–"])
         for method in config.methods:
             rs = [r for r in results["runs"] if r["dim"] == dim and r["method"] == method]
-            pub = _published("kornilov2024", PUBLISHED_FOR[method], dim)
+            row = PUBLISHED_FOR[method]
+            pub = None if row is None else _published("kornilov2024", row, dim)
             rows.append([
                 str(dim), METHODS[method].label, str(len(rs)),
                 _pm([r["l2_uvp"] for r in rs]), _pm([r["cosine"] for r in rs]),
                 _pm([r["l2_uvp_euler"] for r in rs]), _pm([r["straightness"] for r in rs]),
                 _pm([r["nfe"] for r in rs], 2),
-                f"{pub:g} ({PUBLISHED_FOR[method]}, KMGK24)" if pub is not None else "–",
-                _pm([r["train_seconds"] + r["eval_seconds"] + r.get("pair_seconds", 0.0)
-                     for r in rs], 3)])
+                f"{pub:g} ({row}, KMGK24)" if pub is not None else "–",
+                _pm([r["train_seconds"] + r["eval_seconds"] for r in rs], 3)])
     table = _common.markdown_table(
         ["D", "map", "seeds", f"L2-UVP % (Tsit5; ± s.e., n={config.n_eval:,})", "cos",
          f"L2-UVP % ({config.euler_steps} Euler)", "S", "NFE (Tsit5)",
@@ -918,7 +937,8 @@ def _setup_text(config: Config) -> str:
         f"Tsit5 (rtol {config.rtol:g}, atol {config.atol:g}; NFE = batched velocity "
         f"evaluations), and the {config.euler_steps}-step Euler map; S = E - E||φ1 - Id||² "
         f"(fm.straightness, Tsit5, first {config.n_straight:,} points). Velocity: MLP SELU, "
-        f"time concatenated, width/depth by D (table below); AdamW lr {config.lr:g}, wd "
+        f"time concatenated, width/depth by D (table below); AdamW lr {config.lr:g} "
+        f"({config.lr_schedule}), wd "
         f"{config.weight_decay:g}, EMA {config.ema_decay:g}, sigma 0, linear path. One budget "
         f"of steps per D shared by every method; batch: I-FM and 2-RF {config.batch_size:,}, "
         f"OT-FM 256 and 1,024 (POT network simplex on host threads), Sinkhorn-FM 4,096 "
@@ -966,9 +986,12 @@ def _figure(config: Config, workdir: Path, results: dict) -> str:
     for method in config.methods:
         pts = [(d, summary[str(d)]["scores"][method]["l2_uvp"]) for d in dims
                if method in summary[str(d)]["scores"]]
+        label = METHODS[method].label
+        if METHODS[method].coupling == "sinkhorn":
+            label += f" ({run_protocol(config, dims[0], method)['steps']:,} steps)"
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=METHODS[method].label)
-    markers = dict(zip(PUBLISHED_FM_ROWS, ("s", "^", "D"), strict=True))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    markers = dict(zip(PUBLISHED_FM_ROWS, ("s", "^", "v", "D"), strict=True))
     for row, mk in markers.items():
         pts = [(d, v) for d in dims if (v := _published("kornilov2024", row, d)) is not None]
         if pts:
@@ -985,10 +1008,15 @@ def _figure(config: Config, workdir: Path, results: dict) -> str:
                 label="linear, quoted (secondary)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain = plt.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.set_xlabel("dimension D")
     ax.set_ylabel(r"$\mathcal{L}^2$-UVP (%)")
-    ax.set_title("Mix3toMix10: L2-UVP of the time-1 maps (lower is better)")
+    steps = sorted({run_protocol(config, d, "ifm")["steps"] for d in dims})
+    ax.set_title(f"Mix3toMix10: L2-UVP of the time-1 maps (lower is better); "
+                 f"{'/'.join(f'{s:,}' for s in steps)} steps", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _common.savefig(fig, workdir, "l2_uvp_vs_dim", dpi=90)
