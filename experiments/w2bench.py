@@ -49,6 +49,17 @@ Metrics, as the benchmark defines them (``src/metrics.py``), on fresh source poi
 (mixture moments), ``mean_Q`` and ``Cov_Q`` are estimated on ``2^18`` source points of
 ``RandomState(MOMENTS_SEED)``.
 
+The experiment (issue #15), ``python -m experiments.w2bench [--quick] [--dims=2,4]
+[--methods=ifm,otfm256,otfm1024,sinkhorn4096,rf2] [--seeds=N] [--merge=DIR,...]
+[--train=False]``: per dimension, the identity and linear baselines and the time-1 maps of
+I-FM, OT-FM (exact, batch 256 and 1,024), Sinkhorn-FM (batch 4,096) and 2-RF, scored on the
+same fresh points (L2-UVP, cosine, the NFE of the Tsit5 map, the 100-step Euler map, the
+straightness S). Each finished ``(D, method, seed)`` is stored under ``WORKDIR/runs/`` with
+its protocol fingerprint (:func:`run_protocol`), the run in training is checkpointed, and
+``--merge`` reuses the finished runs of other workdirs: a grid split over jobs or killed
+part-way is put together without training anything twice. Protocol, measured costs and the
+commands of the full run: ``docs/results/w2bench/README.md``.
+
 Example:
     >>> import jax
     >>> from experiments.w2bench import load_pair
@@ -782,7 +793,8 @@ def run(config: Config, workdir: Path | str) -> dict:
                         continue
                     runs.append({k: v for k, v in rec.items() if not k.startswith("param_")})
     results = dict(runs=runs, dims={str(d): v for d, v in dims_info.items()}, missing=missing,
-                   failed=failed, mismatched=store.mismatched, seconds=total.seconds,
+                   failed=failed, mismatched=sorted(set(store.mismatched)),
+                   seconds=total.seconds,
                    protocols={f"{d}/{m}": run_protocol(config, d, m)
                               for d in config.dims for m in config.methods},
                    ok=not failed)
