@@ -37,6 +37,7 @@ import numpy as np
 __all__ = [
     "GRID_FIELDS",
     "GridConfig",
+    "KeyedRunStore",
     "MergedRuns",
     "RunStore",
     "Timer",
@@ -424,6 +425,32 @@ def protocol_fingerprint(fields: dict, not_protocol: Sequence[str]) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
+_MISMATCH = object()
+
+
+def _read_run(f: Path, fp: str) -> dict | None:
+    """The record stored in ``f`` with its arrays; ``None`` if there is no file, and
+    ``_MISMATCH`` if it was stored under another fingerprint than ``fp``."""
+    if not f.exists():
+        return None
+    with np.load(f, allow_pickle=False) as z:
+        if str(z["fingerprint"]) != fp:
+            return _MISMATCH
+        rec = json.loads(str(z["record"]))
+        rec.update({k: z[k] for k in z.files if k not in ("fingerprint", "record")})
+    return rec
+
+
+def _write_run(f: Path, fp: str, record: dict, arrays: dict) -> None:
+    """Store ``record`` (JSON) and ``arrays`` under fingerprint ``fp`` in ``f``, atomically:
+    a killed run leaves no half-written file."""
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, fingerprint=fp, record=json.dumps(to_jsonable(record)),
+             **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, f)
+
+
 class RunStore:
     """Finished runs on disk, so that an interrupted grid restarts where it stopped.
 
@@ -447,26 +474,18 @@ class RunStore:
 
     def load(self, task: str, method: str, seed: int) -> dict | None:
         """The stored record with its arrays and ``resumed=True``, or ``None``."""
-        f = self._file(task, method, seed)
-        if not f.exists():
+        rec = _read_run(self._file(task, method, seed), self.fingerprint)
+        if rec is None or rec is _MISMATCH:
             return None
-        with np.load(f, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != self.fingerprint:
-                return None
-            rec = json.loads(str(z["record"]))
-            rec.update({k: z[k] for k in z.files if k not in ("fingerprint", "record")})
         rec["resumed"] = True
         return rec
 
     def save(self, r: dict) -> None:
         """Store record ``r`` (keys ``task``, ``method``, ``seed``; arrays kept as arrays)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = self._file(r["task"], r["method"], r["seed"])
-        tmp = f.with_suffix(".tmp.npz")
         arrays = {k: v for k, v in r.items() if isinstance(v, np.ndarray)}
         record = {k: v for k, v in r.items() if k not in arrays}
-        np.savez(tmp, fingerprint=self.fingerprint, record=json.dumps(record), **arrays)
-        os.replace(tmp, f)  # atomic: a killed run leaves no half-written record
+        _write_run(self._file(r["task"], r["method"], r["seed"]), self.fingerprint, record,
+                   arrays)
 
     def get(self, task: str, method: str, seed: int, merged: MergedRuns | None = None,
             compute: Callable[[Path], dict] | None = None) -> dict | None:
@@ -500,6 +519,54 @@ class RunStore:
         tmp.write_text(json.dumps(d, indent=1))
         os.replace(tmp, f)
 
+
+
+class KeyedRunStore:
+    """Finished runs stored one ``WORKDIR/runs/KEY.npz`` each, each under its own fingerprint
+    (for grids whose methods have separate protocols, so that changing one method's settings
+    keeps the others' runs).
+
+    ``load(key, fp)`` looks in this workdir first and then in the ``merge`` workdirs, in
+    order; a run loaded from elsewhere carries ``source`` (its workdir), and a file stored
+    under another fingerprint is listed in ``mismatched`` and not used.
+
+    Example:
+        >>> import tempfile
+        >>> store = KeyedRunStore(tempfile.mkdtemp())
+        >>> store.save("a__1", '{"steps": 5}', {"loss": 0.5}, x=np.zeros(2))
+        >>> store.load("a__1", '{"steps": 5}')["loss"], store.load("a__1", '{"steps": 6}')
+        (0.5, None)
+    """
+
+    def __init__(self, workdir: Path | str, merge: Iterable[Path | str] = ()):
+        self.workdir = Path(workdir)
+        self.merge = [Path(d) for d in merge]
+        for d in self.merge:
+            if not d.is_dir():
+                raise ValueError(f"`merge`: {str(d)!r} is not a directory")
+        self.mismatched: list[str] = []
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where the run ``key`` keeps its checkpoints while it trains."""
+        return self.workdir / "checkpoints" / key
+
+    def load(self, key: str, fp: str) -> dict | None:
+        """The stored run ``key`` under fingerprint ``fp`` (arrays under their names), or None."""
+        for i, workdir in enumerate([self.workdir, *self.merge]):
+            f = workdir / "runs" / f"{key}.npz"
+            rec = _read_run(f, fp)
+            if rec is _MISMATCH:
+                self.mismatched.append(str(f))
+            elif rec is not None:
+                rec["loaded"] = True
+                if i > 0:
+                    rec["source"] = str(workdir)
+                return rec
+        return None
+
+    def save(self, key: str, fp: str, record: dict, **arrays: Any) -> None:
+        """Store the run ``key`` (``record`` JSON-able, ``arrays`` NumPy) atomically."""
+        _write_run(self.workdir / "runs" / f"{key}.npz", fp, record, arrays)
 
 class MergedRuns:
     """Finished runs of other workdirs (``--merge``) under the same protocol: their stored

@@ -49,6 +49,17 @@ Metrics, as the benchmark defines them (``src/metrics.py``), on fresh source poi
 (mixture moments), ``mean_Q`` and ``Cov_Q`` are estimated on ``2^18`` source points of
 ``RandomState(MOMENTS_SEED)``.
 
+The experiment (issue #15), ``python -m experiments.w2bench [--quick] [--dims=2,4]
+[--methods=ifm,otfm256,otfm1024,sinkhorn4096,rf2] [--seeds=N] [--merge=DIR,...]
+[--train=False]``: per dimension, the identity and linear baselines and the time-1 maps of
+I-FM, OT-FM (exact, batch 256 and 1,024), Sinkhorn-FM (batch 4,096) and 2-RF, scored on the
+same fresh points (L2-UVP, cosine, the NFE of the Tsit5 map, the 100-step Euler map, the
+straightness S). Each finished ``(D, method, seed)`` is stored under ``WORKDIR/runs/`` with
+its protocol fingerprint (:func:`run_protocol`), the run in training is checkpointed, and
+``--merge`` reuses the finished runs of other workdirs: a grid split over jobs or killed
+part-way is put together without training anything twice. Protocol, measured costs and the
+commands of the full run: ``docs/results/w2bench/README.md``.
+
 Example:
     >>> import jax
     >>> from experiments.w2bench import load_pair
@@ -60,16 +71,22 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 import fmjax as fm
+
+from . import _common
 
 __all__ = [
     "DIMS",
@@ -115,11 +132,19 @@ N_EVAL = 2**14
 #:   the fitted forward maps on the high-dimensional ``Mix3toMix10`` pairs, with the linear
 #:   baseline. Method names as in the paper and the repository README; ``:R`` is reversed.
 #: - ``"kornilov2024"``: Kornilov, Mokrov, Gasnikov, Korotin, "Optimal Flow Matching", NeurIPS
-#:   2024 (arXiv 2403.13117), Table 1 (OT-CFM, rectified flow, OFM on the same pairs).
+#:   2024 (arXiv 2403.13117), Table 1 (OT-CFM, rectified flow RF and c-RF, OFM on the same
+#:   pairs; the rows as a NeurIPS 2024 poster summary of the table names them).
 PUBLISHED: dict[str, dict[str, dict[int, float | None]]] = {
     "korotin2021": {m: dict.fromkeys(DIMS) for m in (
         "Linear", "MM", "MM:R", "MMv1", "MMv2", "MMv2:R", "MM-B", "W2", "W2:R", "QC", "LS")},
-    "kornilov2024": {m: dict.fromkeys(DIMS) for m in ("OT-CFM", "RF", "OFM")},
+    "kornilov2024": {m: dict.fromkeys(DIMS) for m in ("OT-CFM", "RF", "c-RF", "OFM")},
+}
+#: Numbers quoted by others (not read in the papers), ``SECONDARY[method][D] = (L2-UVP %,
+#: cosine, where)``; shown apart from :data:`PUBLISHED` and never used for a target.
+SECONDARY: dict[str, dict[int, tuple[float, float, str]]] = {
+    "Linear": {64: (63.9, 0.75, "an author response in a public review thread quoting the "
+                                "'L' row of Korotin et al. 2021 (stored text, repository "
+                                "unknown); see docs/results/w2bench/PUBLISHED.md")},
 }
 
 
@@ -483,3 +508,536 @@ def load_pair(dim: int) -> W2Pair:
         std=float(data["std"]),
     )
 
+
+
+# ======================================================================================
+# The experiment (issue #15): flow-matching maps scored on the pairs
+# ======================================================================================
+NAME = "w2bench"
+
+
+class Method(NamedTuple):
+    """One row of flow-matching maps: its label, coupling and batch size."""
+
+    label: str
+    coupling: str  # "independent", "exact", "sinkhorn" or "reflow" (2-RF of the I-FM run)
+    batch_size: int | None  # None: ``Config.batch_size``
+
+
+#: The flow-matching rows; every one is the time-1 map of a trained velocity.
+METHODS: dict[str, Method] = {
+    "ifm": Method("I-FM", "independent", None),
+    "otfm256": Method("OT-FM (exact, batch 256)", "exact", 256),
+    "otfm1024": Method("OT-FM (exact, batch 1,024)", "exact", 1024),
+    "sinkhorn4096": Method("Sinkhorn-FM (batch 4,096)", "sinkhorn", 4096),
+    "rf2": Method("2-RF (reflow of I-FM)", "reflow", None),
+}
+#: The published flow-matching row set beside each of ours (``PUBLISHED["kornilov2024"]``);
+#: I-FM has none (their RF row is a rectified flow after reflow, the number of rounds not
+#: read in the paper).
+PUBLISHED_FOR = {"ifm": None, "otfm256": "OT-CFM", "otfm1024": "OT-CFM",
+                 "sinkhorn4096": "OT-CFM", "rf2": "RF"}
+
+#: The training budget of each dimension: steps shared by every method, chosen from the
+#: measured costs on the 2-core CPU so that D = 2 ... 64 fits in about three hours
+#: (``docs/results/w2bench/README.md``); OT-FM at batch 1,024 (POT, ~0.35 CPU-s a step) is
+#: most of it.
+STEPS_BY_DIM = dict.fromkeys(DIMS, 2500)
+#: Sinkhorn-FM at batch 4,096 costs ~4.5-7 CPU-s a step (a 4,096^2 plan, ~40 iterations):
+#: the shared budget would take 3-5 hours per D, so it gets this many steps, stated beside
+#: its row (``--sinkhorn_steps`` for a separate, longer job).
+SINKHORN_STEPS = 60
+
+
+def net_size(dim: int) -> tuple[int, int]:
+    """The velocity MLP ``(width, depth)`` of dimension ``dim``: ``(max(128, 4 D), 3)``."""
+    return max(128, 4 * int(dim)), 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_common.GridConfig):
+    """w2bench configuration. Defaults: the full CPU protocol (D = 2 ... 64, hours).
+
+    The grid options (``figure``, ``progress``, ``checkpoint_every``, ``merge``, ``train``)
+    come from :class:`experiments._common.GridConfig`.
+    """
+
+    dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    methods: tuple[str, ...] = ("ifm", "otfm256", "otfm1024", "sinkhorn4096", "rf2")
+    seeds: int = 1
+    steps: int = 0  # 0: STEPS_BY_DIM[D], the budget shared by every method of that D
+    width: int = 0  # 0: net_size(D)
+    depth: int = 0  # 0: net_size(D)
+    batch_size: int = 1024  # I-FM and 2-RF (the OT rows carry theirs in their names)
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" (decay to 0 over the run's steps) or "constant"
+    weight_decay: float = 1e-5
+    ema_decay: float = 0.99  # a cosine-decayed run ends nearly still: a short average
+    sinkhorn_epsilon: float = 0.05  # relative to the mean pairwise cost (ott-jax)
+    sinkhorn_steps: int = 0  # 0: SINKHORN_STEPS; else that many steps for Sinkhorn-FM
+    reflow_pairs: int = 2**15  # the 2-RF dataset: pairs (x0, phi_1(x0)) of the I-FM flow
+    n_eval: int = N_EVAL  # fresh source points that score a map
+    n_straight: int = 4096  # of them, the points of the straightness solve
+    rtol: float = 1e-5  # the adaptive (Tsit5) time-1 map, the 2-RF pairs and S
+    atol: float = 1e-5
+    euler_steps: int = 100
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(dims=(2, 8), steps=300, width=64, depth=3, batch_size=256,
+                   sinkhorn_steps=10, reflow_pairs=4096, n_eval=4096, n_straight=1024,
+                   checkpoint_every=0)
+
+
+#: Config fields that do not change what one (D, method, seed) run computes.
+_NOT_PROTOCOL = ("dims", "methods", "seeds", *_common.GRID_FIELDS)
+#: The seed of the evaluation points of dimension D: ``jax.random.fold_in(key(EVAL_SEED), D)``.
+EVAL_SEED = 20_21
+
+
+def _check_config(config: Config) -> None:
+    for d in config.dims:
+        _check_dim(d)
+    for m in config.methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+    for name in ("seeds", "batch_size", "reflow_pairs", "n_eval", "n_straight", "euler_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"`{name}` must be >= 1, got {getattr(config, name)}")
+    for name in ("steps", "width", "depth", "sinkhorn_steps", "checkpoint_every"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"`{name}` must be >= 0 (0: the default), got "
+                             f"{getattr(config, name)}")
+    if config.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"`lr_schedule` must be 'cosine' or 'constant', got "
+                         f"{config.lr_schedule!r}")
+    if config.n_straight > config.n_eval:
+        raise ValueError(f"`n_straight` ({config.n_straight}) must be <= `n_eval` "
+                         f"({config.n_eval})")
+
+
+def run_protocol(config: Config, dim: int, method: str) -> dict:
+    """What one ``(D, method)`` run computes: the fields its stored runs must match."""
+    width, depth = net_size(dim)
+    steps = config.steps or STEPS_BY_DIM[dim]
+    m = METHODS[method]
+    if m.coupling == "sinkhorn":
+        steps = config.sinkhorn_steps or SINKHORN_STEPS
+    proto = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_PROTOCOL}
+    proto.update(dim=dim, method=method, steps=steps, width=config.width or width,
+                 depth=config.depth or depth, batch_size=m.batch_size or config.batch_size,
+                 coupling=m.coupling, eval_seed=EVAL_SEED)
+    for k in ("sinkhorn_steps", "sinkhorn_epsilon") if m.coupling != "sinkhorn" else ():
+        proto.pop(k)
+    if m.coupling != "reflow":
+        proto.pop("reflow_pairs")
+    return proto
+
+
+def _key_name(dim: int, method: str, seed: int) -> str:
+    return f"d{dim}__{method}__{seed}"
+
+
+def _samplers(pair: W2Pair):
+    # Plain closures: a bound method of the pair (a pytree of arrays) cannot be stored as
+    # the model's ``source`` by fm.fit.
+    return (lambda key, n: pair.source(key, n)), (lambda key, n: pair.target(key, n))
+
+
+def _new_model(proto: dict, seed: int):
+    return fm.nn.VelocityMLP(proto["dim"], width=proto["width"], depth=proto["depth"],
+                             activation="selu", rngs=nnx.Rngs(seed))
+
+
+def _param_arrays(model) -> dict[str, np.ndarray]:
+    leaves = jax.tree.leaves(nnx.split(model)[1])
+    return {f"param_{i}": np.asarray(a) for i, a in enumerate(leaves)}
+
+
+def _model_from_arrays(proto: dict, seed: int, arrays: dict):
+    graphdef, state = nnx.split(_new_model(proto, seed))
+    n = len(jax.tree.leaves(state))
+    leaves = [jnp.asarray(arrays[f"param_{i}"]) for i in range(n)]
+    return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), leaves))
+
+
+def _coupling(proto: dict):
+    if proto["coupling"] == "independent":
+        return fm.couplings.Independent()
+    if proto["coupling"] == "exact":
+        return fm.couplings.ExactOT()
+    return fm.couplings.Sinkhorn(proto["sinkhorn_epsilon"])
+
+
+def _schedule(proto: dict):
+    if proto["lr_schedule"] == "cosine":
+        return optax.cosine_decay_schedule(proto["lr"], proto["steps"])
+    return proto["lr"]
+
+
+def train_one(pair: W2Pair, proto: dict, seed: int, base=None,
+              checkpoint_dir: Path | None = None, checkpoint_every: int = 0,
+              progress: bool = False):
+    """Train the velocity of one ``(D, method, seed)``; returns ``(model, info)``.
+
+    ``base`` is the trained I-FM model of the same ``(D, seed)`` for ``"rf2"`` (one round of
+    reflow on ``reflow_pairs`` of its pairs, warm-started from it, the same ``steps``).
+    """
+    sample_x0, sample_x1 = _samplers(pair)
+    key = jax.random.fold_in(jax.random.key(seed), proto["dim"])
+    kw = dict(steps=proto["steps"], batch_size=proto["batch_size"],
+              optimizer=optax.adamw(_schedule(proto), weight_decay=proto["weight_decay"]),
+              optimizer_name=f"adamw(lr={proto['lr']} {proto['lr_schedule']}, "
+                             f"wd={proto['weight_decay']})",
+              ema_decay=proto["ema_decay"], progress=progress)
+    if checkpoint_dir is not None and checkpoint_every > 0:
+        kw.update(checkpoint_every=checkpoint_every, keep_checkpoints=1)
+    info: dict[str, Any] = {}
+    with _common.Timer() as tm:
+        if proto["coupling"] == "reflow":
+            if base is None:
+                raise ValueError("2-RF needs the trained I-FM model of the same (D, seed)")
+            model, hist = fm.reflow(
+                jax.random.fold_in(key, 2), base, sample_x0, n_pairs=proto["reflow_pairs"],
+                solver="tsit5", integrate_kwargs=dict(rtol=proto["rtol"], atol=proto["atol"]),
+                checkpoint_dir=checkpoint_dir if "checkpoint_every" in kw else None, **kw)
+            info.update(pair_nfe=int(hist.pair_nfe), pair_seconds=float(hist.pair_seconds))
+        else:
+            model, hist = fm.fit(
+                key, sample_x0, sample_x1, coupling=_coupling(proto), model=_new_model(proto, seed),
+                checkpoint_dir=checkpoint_dir if "checkpoint_every" in kw else None, **kw)
+    loss = np.asarray(hist.loss)
+    info.update(train_seconds=tm.seconds, steps_per_s=float(hist.steps_per_second),
+                resumed_from=hist.resumed_from,
+                final_loss=float(loss[-min(100, loss.size):].mean()))
+    return model, info
+
+
+def evaluate(pair: W2Pair, model, x: jax.Array, ref: jax.Array, proto: dict) -> dict:
+    """Score the flow of ``model`` on the points ``x`` (``ref = T*(x)``).
+
+    The map is the time-1 map by Tsit5 (``rtol``, ``atol``; its NFE counts batched velocity
+    evaluations), and the ``euler_steps``-step Euler map; S is
+    :func:`fmjax.straightness` on the first ``n_straight`` points (Tsit5 on the augmented
+    state, so its NFE differs from the map's).
+    """
+    with _common.Timer() as tm:
+        sol = fm.integrate(model, x, solver="tsit5", rtol=proto["rtol"], atol=proto["atol"])
+        euler = fm.integrate(model, x, solver="euler", steps=proto["euler_steps"])
+        st = fm.straightness(model, x[: proto["n_straight"]], solver="tsit5",
+                             rtol=proto["rtol"], atol=proto["atol"])
+        out = dict(l2_uvp=float(l2_uvp(sol.x, ref, pair.var_q)),
+                   l2_uvp_se=_uvp_se(sol.x, ref, pair.var_q),
+                   cosine=float(cosine_similarity(sol.x, ref, x)),
+                   nfe=int(sol.nfe),
+                   l2_uvp_euler=float(l2_uvp(euler.x, ref, pair.var_q)),
+                   straightness=float(st.value), energy=float(st.energy),
+                   endpoint_cost=float(st.endpoint_cost), straightness_nfe=int(st.nfe))
+    out["eval_seconds"] = tm.seconds
+    return out
+
+
+def eval_points(pair: W2Pair, n: int) -> tuple[jax.Array, jax.Array]:
+    """The ``n`` fresh source points of dimension ``D`` every map is scored on, and ``T*``."""
+    x = pair.source(jax.random.fold_in(jax.random.key(EVAL_SEED), pair.dim), n)
+    return x, pair.ot_map(x)
+
+
+def _uvp_se(mapped: jax.Array, ref: jax.Array, var_q: float) -> float:
+    """The standard error of the L2-UVP estimate over the points (per-point errors i.i.d.)."""
+    err = np.asarray(jnp.sum((mapped - ref) ** 2, axis=1), np.float64)
+    return float(100.0 * err.std(ddof=1) / np.sqrt(err.size) / var_q)
+
+
+def baselines(pair: W2Pair, x: jax.Array, ref: jax.Array) -> dict:
+    """Identity and linear (Bures) rows, and ``W2^2 = E ||T*(x) - x||^2``, on the points."""
+    out = {}
+    for name, mapped in (("identity", x), ("linear", pair.linear_map(x))):
+        out[name] = dict(l2_uvp=float(l2_uvp(mapped, ref, pair.var_q)),
+                         l2_uvp_se=_uvp_se(mapped, ref, pair.var_q),
+                         cosine=float(cosine_similarity(mapped, ref, x)))
+    out["w2sq"] = float(jnp.mean(jnp.sum((ref - x) ** 2, axis=1)))
+    return out
+
+
+def run(config: Config, workdir: Path | str) -> dict:
+    """Train and score the grid (D, method, seed); write results.{json,md} and the figure.
+
+    Finished runs are stored under ``workdir/runs`` with their protocol, so a killed grid
+    restarts where it stopped; runs of the ``config.merge`` workdirs are reused; with
+    ``config.train=False`` nothing is trained and missing runs are listed.
+    """
+    _check_config(config)
+    workdir = Path(workdir)
+    store = _common.KeyedRunStore(workdir, config.merge)
+    runs, missing, failed, dims_info = [], [], [], {}
+    with _common.Timer() as total:
+        for dim in config.dims:
+            pair = load_pair(dim)
+            x, ref = eval_points(pair, config.n_eval)
+            dims_info[dim] = dict(baselines(pair, x, ref), n_eval=config.n_eval)
+            # I-FM first: 2-RF starts from it.
+            order = sorted(config.methods, key=lambda m: METHODS[m].coupling == "reflow")
+            for seed in range(config.seeds):
+                for method in order:
+                    proto = run_protocol(config, dim, method)
+                    fp = _common.protocol_fingerprint(proto, ())
+                    key = _key_name(dim, method, seed)
+                    rec = store.load(key, fp)
+                    if rec is None and config.train:
+                        rec = _train_and_store(pair, x, ref, proto, seed, key, fp, store,
+                                               config, failed)
+                    if rec is None:
+                        if not any(f["run"] == key for f in failed):
+                            missing.append(key)
+                        continue
+                    runs.append({k: v for k, v in rec.items() if not k.startswith("param_")})
+    results = dict(runs=runs, dims={str(d): v for d, v in dims_info.items()}, missing=missing,
+                   failed=failed, mismatched=sorted(set(store.mismatched)),
+                   seconds=total.seconds,
+                   protocols={f"{d}/{m}": run_protocol(config, d, m)
+                              for d in config.dims for m in config.methods},
+                   ok=not failed)
+    report(config, workdir, results)
+    return results
+
+
+def _train_and_store(pair, x, ref, proto, seed, key, fp, store, config, failed) -> dict | None:
+    base = None
+    if proto["coupling"] == "reflow":
+        ifm = store.load(_key_name(proto["dim"], "ifm", seed),
+                         _common.protocol_fingerprint(
+                             run_protocol(config, proto["dim"], "ifm"), ()))
+        if ifm is None:
+            failed.append(dict(run=key, error="needs the I-FM run of the same (D, seed), "
+                                              "which is neither stored nor in this grid"))
+            return None
+        base = _model_from_arrays(run_protocol(config, proto["dim"], "ifm"), seed, ifm)
+    ckpt = store.checkpoint_dir(key)
+    try:
+        model, info = train_one(pair, proto, seed, base, ckpt, config.checkpoint_every,
+                                config.progress)
+    except Exception as e:  # a run that cannot train (Sinkhorn not converging) is reported
+        failed.append(dict(run=key, error=f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+        return None
+    # Score the stored parameters in a plain model of the architecture: models that differ
+    # only in the sampler they remember then share one compiled solve.
+    arrays = _param_arrays(model)
+    model = _model_from_arrays(proto, seed, arrays)
+    rec = dict(dim=proto["dim"], method=proto["method"], seed=seed, steps=proto["steps"],
+               batch_size=proto["batch_size"], width=proto["width"], depth=proto["depth"],
+               num_params=fm.nn.num_params(model), **info,
+               **evaluate(pair, model, x, ref, proto))
+    store.save(key, fp, rec, **arrays)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return dict(rec, **arrays)
+
+
+# --------------------------------------------------------------------------------------
+# Reporting (from the stored records only)
+# --------------------------------------------------------------------------------------
+#: The published flow-matching rows of Kornilov et al. (2024), Table 1.
+PUBLISHED_FM_ROWS = ("OT-CFM", "RF", "c-RF", "OFM")
+
+
+def _published(source: str, row: str, dim: int) -> float | None:
+    return PUBLISHED.get(source, {}).get(row, {}).get(dim)
+
+
+def best_published_fm(dim: int) -> tuple[float, str] | None:
+    """The lowest flow-matching L2-UVP of Kornilov et al. (2024) in dimension ``dim``, or None."""
+    found = [(v, r) for r in PUBLISHED_FM_ROWS
+             if (v := _published("kornilov2024", r, dim)) is not None]
+    return min(found) if found else None
+
+
+def _pm(vals: list[float], digits: int = 3) -> str:
+    a = np.asarray(vals, np.float64)
+    if a.size == 0:
+        return "–"
+    if a.size == 1:
+        return _common.fmt(float(a[0]), digits)
+    return f"{_common.fmt(float(a.mean()), digits)} ± {_common.fmt(float(a.std(ddof=1)), 2)}"
+
+
+def summarize(config: Config, results: dict) -> dict:
+    """Per (D, method): the mean over seeds of every score, and per D the time and target."""
+    out: dict[str, Any] = {}
+    for dim in config.dims:
+        base = results["dims"][str(dim)]
+        per = {m: base[m] for m in ("identity", "linear")}
+        for method in config.methods:
+            rs = [r for r in results["runs"] if r["dim"] == dim and r["method"] == method]
+            if rs:
+                per[method] = {k: float(np.mean([r[k] for r in rs])) for k in (
+                    "l2_uvp", "cosine", "l2_uvp_euler", "straightness", "nfe", "energy",
+                    "train_seconds", "eval_seconds")}
+                per[method]["seeds"] = len(rs)
+        flows = {m: v["l2_uvp"] for m, v in per.items() if m in METHODS}
+        best = min(flows.items(), key=lambda kv: kv[1]) if flows else None
+        pub = best_published_fm(dim)
+        seconds = sum(r["train_seconds"] + r["eval_seconds"]  # 2-RF's pairs: in training
+                      for r in results["runs"] if r["dim"] == dim)
+        out[str(dim)] = dict(
+            scores=per, seconds=seconds,
+            best_fmjax=None if best is None else dict(method=best[0], l2_uvp=best[1]),
+            best_published_fm=None if pub is None else dict(method=pub[1], l2_uvp=pub[0]),
+            target_met=None if (pub is None or best is None) else bool(best[1] <= pub[0]))
+    return out
+
+
+def report(config: Config, workdir: Path, results: dict) -> None:
+    """Write results.json, results.md and the figure from ``results`` (no computation)."""
+    summary = summarize(config, results)
+    results["summary"] = summary
+    rows = []
+    for dim in config.dims:
+        base = results["dims"][str(dim)]
+        for name, label in (("identity", "identity"), ("linear", "linear (Bures)")):
+            pub = _published("korotin2021", "Linear", dim) if name == "linear" else None
+            sec = SECONDARY.get("Linear", {}).get(dim) if name == "linear" else None
+            cell = (f"{pub:g} (K21)" if pub is not None else
+                    f"{sec[0]:g} (quoted²)" if sec is not None else "–")
+            rows.append([str(dim), label, "–", _common.fmt(base[name]["l2_uvp"]) + " ± "
+                         + _common.fmt(base[name]["l2_uvp_se"], 2),
+                         _common.fmt(base[name]["cosine"]), "–", "–", "–", cell, "–"])
+        for method in config.methods:
+            rs = [r for r in results["runs"] if r["dim"] == dim and r["method"] == method]
+            row = PUBLISHED_FOR[method]
+            pub = None if row is None else _published("kornilov2024", row, dim)
+            rows.append([
+                str(dim), METHODS[method].label, str(len(rs)),
+                _pm([r["l2_uvp"] for r in rs]), _pm([r["cosine"] for r in rs]),
+                _pm([r["l2_uvp_euler"] for r in rs]), _pm([r["straightness"] for r in rs]),
+                _pm([r["nfe"] for r in rs], 2),
+                f"{pub:g} ({row}, KMGK24)" if pub is not None else "–",
+                _pm([r["train_seconds"] + r["eval_seconds"] for r in rs], 3)])
+    table = _common.markdown_table(
+        ["D", "map", "seeds", f"L2-UVP % (Tsit5; ± s.e., n={config.n_eval:,})", "cos",
+         f"L2-UVP % ({config.euler_steps} Euler)", "S", "NFE (Tsit5)",
+         "published L2-UVP %", "s / run"], rows)
+    dim_rows = []
+    for dim in config.dims:
+        s = summary[str(dim)]
+        proto = run_protocol(config, dim, "ifm")
+        best, pub = s["best_fmjax"], s["best_published_fm"]
+        dim_rows.append([
+            str(dim), f"{proto['depth']} x {proto['width']}", f"{proto['steps']:,}",
+            f"{run_protocol(config, dim, 'sinkhorn4096')['steps']:,}",
+            f"{s['seconds'] / 60:.1f}",
+            "–" if best is None else f"{best['l2_uvp']:.3g} ({METHODS[best['method']].label})",
+            "not found" if pub is None else f"{pub['l2_uvp']:g} ({pub['method']})",
+            "–" if s["target_met"] is None else _common.fmt(s["target_met"])])
+    dim_table = _common.markdown_table(
+        ["D", "MLP (depth x width)", "steps (every method)", "steps (Sinkhorn-FM)",
+         "minutes (train + eval, all runs)", "best fmjax FM L2-UVP %",
+         "best published FM L2-UVP %", "at or below"], dim_rows)
+    figures = [_figure(config, workdir, results)] if config.figure else []
+    _common.write_outputs(
+        workdir, name=NAME, title="Continuous W2 benchmark (Mix3toMix10): flow-matching maps",
+        config=config, results=results,
+        sections=[("Setup", _setup_text(config)), ("Results", table),
+                  ("Per dimension", dim_table), ("", _provenance(results))],
+        figures=figures)
+
+
+def _setup_text(config: Config) -> str:
+    return (
+        f"Pairs `load_pair(D)` (Korotin et al. 2021, Mix3toMix10). Every map is scored on the "
+        f"same {config.n_eval:,} fresh source points of each D (key fold_in(key({EVAL_SEED}), "
+        f"D)): L2-UVP = 100 E||T(x) - T*(x)||² / Var(Q) with its standard error over the "
+        f"points, and the cosine of T - Id with T* - Id. The map of a flow is its time-1 map by "
+        f"Tsit5 (rtol {config.rtol:g}, atol {config.atol:g}; NFE = batched velocity "
+        f"evaluations), and the {config.euler_steps}-step Euler map; S = E - E||φ1 - Id||² "
+        f"(fm.straightness, Tsit5, first {config.n_straight:,} points). Velocity: MLP SELU, "
+        f"time concatenated, width/depth by D (table below); AdamW lr {config.lr:g} "
+        f"({config.lr_schedule}), wd "
+        f"{config.weight_decay:g}, EMA {config.ema_decay:g}, sigma 0, linear path. One budget "
+        f"of steps per D shared by every method; batch: I-FM and 2-RF {config.batch_size:,}, "
+        f"OT-FM 256 and 1,024 (POT network simplex on host threads), Sinkhorn-FM 4,096 "
+        f"(ott-jax, epsilon {config.sinkhorn_epsilon:g} x mean cost, threshold 1e-3; it has "
+        f"its own step count where stated). 2-RF: one reflow round of the I-FM run of the "
+        f"same seed (its steps are shared with the I-FM row), on {config.reflow_pairs:,} "
+        f"pairs (x0, φ1(x0)) by Tsit5, warm-started, the same number of steps again. "
+        f"Published: K21 = Korotin et al. 2021 (linear baseline); KMGK24 = Kornilov, Mokrov, "
+        f"Gasnikov, Korotin 2024, Table 1; '–' = not found (docs/results/w2bench/"
+        f"PUBLISHED.md); quoted² = a secondary quotation, not read in the paper.")
+
+
+def _provenance(results: dict) -> str:
+    text = f"Wall-clock of this invocation {results['seconds']:.0f} s."
+    runs = results["runs"]
+    loaded = [r for r in runs if r.get("loaded")]
+    if loaded:
+        merged = sorted({r["source"] for r in loaded if r.get("source")})
+        text += (f" {len(loaded)} of {len(runs)} runs were loaded, not trained"
+                 + (f" ({sum(bool(r.get('source')) for r in loaded)} merged from "
+                    + ", ".join(merged) + ")" if merged else "") + "; each keeps its own time.")
+    mid = [r for r in runs if r.get("resumed_from")]
+    if mid:
+        text += f" {len(mid)} runs resumed from a checkpoint; their time counts after it only."
+    if results["missing"]:
+        text += " Not run (--train=False): " + ", ".join(results["missing"]) + "."
+    if results["failed"]:
+        text += " FAILED: " + "; ".join(f"{f['run']}: {f['error']}"
+                                         for f in results["failed"]) + "."
+    if results["mismatched"]:
+        text += (" Stored runs of another protocol, ignored: "
+                 + ", ".join(results["mismatched"]) + ".")
+    return text
+
+
+def _figure(config: Config, workdir: Path, results: dict) -> str:
+    plt = _common.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    dims = list(config.dims)
+    summary = results["summary"]
+    for name, style in (("identity", dict(color="0.6", ls=":")),
+                        ("linear", dict(color="k", ls="--"))):
+        ax.plot(dims, [summary[str(d)]["scores"][name]["l2_uvp"] for d in dims], marker="o",
+                label=name if name == "identity" else "linear (Bures)", **style)
+    for method in config.methods:
+        pts = [(d, summary[str(d)]["scores"][method]["l2_uvp"]) for d in dims
+               if method in summary[str(d)]["scores"]]
+        label = METHODS[method].label
+        if METHODS[method].coupling == "sinkhorn":
+            label += f" ({run_protocol(config, dims[0], method)['steps']:,} steps)"
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    markers = dict(zip(PUBLISHED_FM_ROWS, ("s", "^", "v", "D"), strict=True))
+    for row, mk in markers.items():
+        pts = [(d, v) for d in dims if (v := _published("kornilov2024", row, d)) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ls="none", marker=mk, mfc="none", ms=9,
+                    label=f"{row} (Kornilov et al. 2024)")
+    for source, label in (("korotin2021", "linear (Korotin et al. 2021)"),):
+        pts = [(d, v) for d in dims if (v := _published(source, "Linear", d)) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), ls="none", marker="x", ms=9, color="k",
+                    label=label)
+    pts = [(d, v[0]) for d, v in SECONDARY.get("Linear", {}).items() if d in dims]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), ls="none", marker="+", ms=11, color="k",
+                label="linear, quoted (secondary)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plain = plt.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_xlabel("dimension D")
+    ax.set_ylabel(r"$\mathcal{L}^2$-UVP (%)")
+    steps = sorted({run_protocol(config, d, "ifm")["steps"] for d in dims})
+    ax.set_title(f"Mix3toMix10: L2-UVP of the time-1 maps (lower is better); "
+                 f"{'/'.join(f'{s:,}' for s in steps)} steps", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _common.savefig(fig, workdir, "l2_uvp_vs_dim", dpi=90)
+
+
+def main(argv=None) -> int:
+    return _common.main(Config, run, NAME, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
