@@ -39,13 +39,12 @@ an interrupted run started again with the same command resumes where it stopped;
 nets are not retrained nor re-evaluated. A checkpoint of another training configuration is
 refused (use another workdir).
 
-Training driver (``driver``). ``"fit"`` trains with ``fm.fit`` (Orbax checkpoints, a
-``lax.scan`` of ``steps_per_call`` steps per call): the library path, use it on a GPU. On
-XLA:CPU the gradient of a convolution inside a loop body (``lax.scan``/``while``) runs 10 to
-80 times slower than the same gradient in a plain ``jax.jit`` (jax-ml/jax#12868; measured
-2.2 s against 0.09-0.16 s per step of the 8 x 8 quick net), so the CPU default is
-``"jit-step"``: the same ``fm.make_train_step`` step under one ``jax.jit`` per step, called
-from Python, with the batches of ``fit``'s key layout and NumPy checkpoints.
+Training: ``fm.fit`` (Orbax checkpoints every ``checkpoint_every`` steps). On the CPU it
+runs one step per compiled call (``steps_per_call=1``: a one-step chunk has no loop): XLA:CPU
+runs the gradient of a convolution inside a loop body (``lax.scan``/``while``) 10 to 80 times
+slower than in a plain ``jax.jit`` (jax-ml/jax#12868; 0.69 s against 0.078 s per step of the
+8 x 8 quick net at batch 64, measured on the 2-core CPU); elsewhere ``checkpoint_every``
+steps per call.
 
 Protocol of the full CPU run (the defaults): MNIST-5k (4,000 training, 1,000 held-out
 images, 28 x 28 in [-1, 1]); the ``mnist_cpu`` U-Net (widths 16, 32, 32 at 28, 14, 7 pixels,
@@ -63,7 +62,7 @@ chunks and host-side OT, 1,000 samples per evaluation)::
 
     #!/bin/bash
     #SBATCH --gpus=1 --cpus-per-task=8 --time=04:00:00
-    .venv/bin/python -m experiments.images --net=mnist_large --driver=fit --steps=30000 \
+    .venv/bin/python -m experiments.images --net=mnist_large --steps=30000 \
         --batch_size=128 --lr=2e-4 --n_eval=1000 --workdir runs/images-gpu
 """
 
@@ -74,9 +73,7 @@ import functools
 import hashlib
 import json
 import os
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +105,6 @@ NETS: dict[str, dict[str, Any]] = {
                  attention_resolutions=(), mid_attention=False, num_groups=4),
 }
 
-DRIVERS = ("jit-step", "fit")
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -128,8 +123,8 @@ class Config:
     clip: float = 1.0
     ema_decay: float = 0.999
     label_dropout: float = 0.2
-    driver: str = "jit-step"
     checkpoint_every: int = 500
+    steps_per_call: int = 0  # 0: 1 on the CPU (see steps_per_call), else checkpoint_every
     # evaluation
     guidance: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     euler_steps: int = 100
@@ -217,8 +212,7 @@ def _hash(obj: Any) -> str:
 def _train_fields(config: Config) -> dict:
     """What a training checkpoint depends on (not ``steps``: a run can be continued)."""
     return {k: getattr(config, k) for k in ("dataset", "net", "seed", "batch_size", "lr",
-                                            "warmup", "clip", "ema_decay", "label_dropout",
-                                            "driver")}
+                                            "warmup", "clip", "ema_decay", "label_dropout")}
 
 
 # --------------------------------------------------------------------------------------
@@ -230,108 +224,38 @@ def _save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def train_jit_step(key: jax.Array, model: nnx.Module, x: np.ndarray, y: np.ndarray | None, *,
-                   coupling: Any, config: Config, directory: Path,
-                   fingerprint: str) -> tuple[nnx.Module, dict]:
-    """``fm.make_train_step``'s step under one ``jax.jit`` per step (the CPU driver).
+def steps_per_call(config: Config) -> int:
+    """Steps per compiled call of ``fm.fit``: ``config.steps_per_call``, or by default one on
+    the CPU (a one-step chunk has no loop, and XLA:CPU runs a convolution's gradient 10-80x
+    slower inside a loop body, jax-ml/jax#12868) and ``checkpoint_every`` elsewhere."""
+    if config.steps_per_call:
+        return config.steps_per_call
+    return 1 if jax.default_backend() == "cpu" else min(config.checkpoint_every, config.steps)
 
-    The batches of step ``k`` are drawn like ``fm.fit``'s: keys 0 and 1 of
-    ``split(fold_in(data_key, k), 5)`` for the noise and the rows of the data
-    (``init_key, data_key = split(key)``); the step gets ``fold_in(data_key, k)``. A
-    checkpoint (``ckpt.npz``: the state, the loss curve, the seconds spent) is written every
-    ``checkpoint_every`` steps and at the end; a run resumes from it and continues up to
-    ``steps`` (a larger ``steps`` continues a finished run). Returns the model with
-    the debiased EMA parameters and ``{"loss", "seconds", "resumed_from"}``.
-    """
-    cond = y is not None
-    jitted, init = _jitted_step(model, coupling, config, cond, x.shape)
-    state = init(model)
-    leaves, treedef = jax.tree.flatten(state)
+
+def train(key: jax.Array, model: nnx.Module, x: np.ndarray, y: np.ndarray | None, *,
+          coupling: Any, config: Config, directory: Path,
+          fingerprint: str) -> tuple[nnx.Module, dict]:
+    """``fm.fit`` with Orbax checkpoints in ``directory/fit`` every ``checkpoint_every``
+    steps; a checkpoint of another training configuration (``fingerprint``, recorded in
+    ``directory/train.json``) is refused. Returns the (EMA) model and
+    ``{"loss", "seconds", "resumed_from"}``."""
     directory.mkdir(parents=True, exist_ok=True)
-    ckpt = directory / "ckpt.npz"
-    losses, seconds, start, resumed_from = [], 0.0, 0, None
-    if ckpt.exists():
-        with np.load(ckpt) as f:
-            if str(f["fingerprint"]) != fingerprint:
-                raise ValueError(f"{ckpt} was written by another training configuration; use "
-                                 f"another --workdir or delete {directory}")
-            saved = [f[f"leaf{i}"] for i in range(len(leaves))]
-            losses, seconds = list(f["loss"]), float(f["seconds"])
-        state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved])
-        start = resumed_from = int(state.step)
-        if start > config.steps:
-            raise ValueError(f"{ckpt} holds step {start}, past `steps`={config.steps}")
-    _, data_key = jax.random.split(key)
-    data = jnp.asarray(x)
-    labels = None if y is None else jnp.asarray(y)
-    with jax.numpy_dtype_promotion("standard"):  # Optax mixes Python floats and int32
-        pending: list = []
-        t0 = time.perf_counter()
-        for k in _common.progress(range(start, config.steps), desc=directory.name,
-                                  total=config.steps - start, enabled=config.progress):
-            state, loss = jitted(state, jnp.int32(k), data_key, data, labels)
-            pending.append(loss)
-            if (k + 1) % config.checkpoint_every == 0 or k + 1 == config.steps:
-                losses.extend(float(v) for v in jax.device_get(pending))
-                pending.clear()
-                arrays = {f"leaf{i}": np.asarray(a)
-                          for i, a in enumerate(jax.tree.leaves(state))}
-                _save_npz(ckpt, fingerprint=np.array(fingerprint), loss=np.asarray(losses),
-                          seconds=np.array(seconds + time.perf_counter() - t0), **arrays)
-        seconds += time.perf_counter() - t0
-    if not np.all(np.isfinite(losses)):
-        raise fm.NonFiniteLossError(int(np.argmax(~np.isfinite(losses))), float("nan"))
-    k = int(state.step)
-    decay = config.ema_decay
-    params = (jax.tree.map(lambda e: e / (1.0 - decay ** k), state.ema)
-              if decay > 0 and k > 0 else state.params)
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-    return nnx.merge(graphdef, params, rest), dict(loss=np.asarray(losses, np.float32),
-                                                   seconds=seconds,
-                                                   resumed_from=resumed_from)
-
-
-_STEP_CACHE: dict = {}
-
-
-def _jitted_step(model: nnx.Module, coupling: Any, config: Config, cond: bool,
-                 shape: tuple[int, ...]) -> tuple[Callable, Callable]:
-    """``(jitted step, init)`` for this net structure and training configuration, shared by
-    the nets and runs of one process (one compilation each)."""
-    graphdef = nnx.split(model, nnx.Param, ...)[0]
-    key = (graphdef, coupling, tuple(sorted(_train_fields(config).items())), cond, shape)
-    if key in _STEP_CACHE:
-        return _STEP_CACHE[key]
-    optimizer, _ = _optimizer(config)
-    init, step = fm.make_train_step(model, optimizer, coupling=coupling,
-                                    ema_decay=config.ema_decay,
-                                    label_dropout=config.label_dropout if cond else 0.0)
-    source = ImageNormal(tuple(shape[1:]))
-    n, batch = shape[0], config.batch_size
-
-    def one_step(state, k, data_key, data, labels):
-        skey = jax.random.fold_in(data_key, k)
-        k0, k1 = jax.random.split(skey, 5)[:2]
-        idx = jax.random.randint(k1, (batch,), 0, n, jnp.int32)
-        x0, x1 = source(k0, batch), data[idx]
-        state, metrics = step(state, skey, x0, x1, None if labels is None else labels[idx])
-        return state, metrics["loss"]
-
-    _STEP_CACHE[key] = jax.jit(one_step, donate_argnums=0), init
-    return _STEP_CACHE[key]
-
-
-def train_fit(key: jax.Array, model: nnx.Module, x: np.ndarray, y: np.ndarray | None, *,
-              coupling: Any, config: Config, directory: Path) -> tuple[nnx.Module, dict]:
-    """``fm.fit`` with Orbax checkpoints in ``directory/fit`` (the GPU driver)."""
+    record = directory / "train.json"
+    if (directory / "fit").exists():
+        old = json.loads(record.read_text()).get("fingerprint") if record.exists() else None
+        if old != fingerprint:
+            raise ValueError(f"{directory / 'fit'} was written by another training "
+                             f"configuration; use another --workdir or delete {directory}")
+    record.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     optimizer, name = _optimizer(config)
     model, hist = fm.fit(
         key, ImageNormal(tuple(x.shape[1:])), x, labels=y,
         label_dropout=config.label_dropout if y is not None else 0.0, coupling=coupling,
         steps=config.steps, batch_size=config.batch_size, model=model, optimizer=optimizer,
-        optimizer_name=name, ema_decay=config.ema_decay,
-        steps_per_call=min(config.checkpoint_every, config.steps),
-        checkpoint_dir=directory / "fit", progress=config.progress)
+        optimizer_name=name, ema_decay=config.ema_decay, steps_per_call=steps_per_call(config),
+        checkpoint_every=config.checkpoint_every, checkpoint_dir=directory / "fit",
+        progress=config.progress)
     return model, dict(loss=np.asarray(hist.loss, np.float32), seconds=hist.wall_time,
                        resumed_from=hist.resumed_from)
 
@@ -566,12 +490,7 @@ def run_net(name: str, conditional: bool, coupling: str, config: Config, data, j
     key = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
     kw = dict(coupling=_coupling(coupling), config=config, directory=directory)
     y = y_train if conditional else None
-    if config.driver == "jit-step":
-        model, info = train_jit_step(key, model, x_train, y, fingerprint=train_fp, **kw)
-    elif config.driver == "fit":
-        model, info = train_fit(key, model, x_train, y, **kw)
-    else:
-        raise ValueError(f"`driver` must be one of {DRIVERS}, got {config.driver!r}")
+    model, info = train(key, model, x_train, y, fingerprint=train_fp, **kw)
     loss = info["loss"]
     tail = max(1, min(200, len(loss) // 5))
     res = dict(name=name, conditional=conditional, coupling=coupling, fingerprint=eval_fp,
@@ -596,8 +515,9 @@ def _check_config(config: Config) -> None:
                              f"'conditional', got {c!r}")
     for c in config.couplings:
         _coupling(c)
-    if config.driver not in DRIVERS:
-        raise ValueError(f"`driver` must be one of {DRIVERS}, got {config.driver!r}")
+    if config.steps_per_call < 0:
+        raise ValueError(f"`steps_per_call` must be >= 0 (0: automatic), got "
+                         f"{config.steps_per_call}")
     if config.guidance[:1] != (0.0,):
         raise ValueError(f"`guidance` must start with 0.0 (the conditional model), got "
                          f"{config.guidance}")
@@ -715,7 +635,7 @@ def _sections(config: Config, res: dict) -> list[tuple[str, str]]:
         f"{pct(config.memo_quantile)} by construction; the Dirac field (Exercise 5 of the notes) "
         f"copies training images. Conditional nets: label dropout {config.label_dropout:g}, "
         f"guidance v = (1 + w) v(t, x, y) - w v(t, x, null); OT couples within each class. "
-        f"Driver {config.driver!r}. Total time {res['seconds']:.0f} s (training "
+        f"fm.fit, {steps_per_call(config)} steps per call. Total time {res['seconds']:.0f} s (training "
         f"{res['train_seconds']:.0f} s, sampling and metrics {res['sample_seconds']:.0f} s; a "
         f"resumed run counts the training time of the earlier runs from the checkpoints).")
     return [("Samples: accuracy, Frechet distance, memorisation", main),

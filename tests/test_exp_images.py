@@ -123,7 +123,7 @@ def _leaves(model):
     return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
-def test_jit_step_driver_resumes_bitwise(tmp_path):
+def test_training_resumes_bitwise(tmp_path):
     """20 steps in one go equal 10 steps, a restart, and 10 more (the checkpoint carries the
     state and the loss curve; a checkpoint past `steps` or of another configuration is
     refused)."""
@@ -134,8 +134,8 @@ def test_jit_step_driver_resumes_bitwise(tmp_path):
     def train(directory, steps, **kw):
         c = dataclasses.replace(cfg, steps=steps, **kw)
         model = images.make_unet("tiny", 8, True, 0)
-        return images.train_jit_step(key, model, x, y, coupling=images._coupling("ot"),
-                                     config=c, directory=directory, fingerprint="fp")
+        return images.train(key, model, x, y, coupling=images._coupling("ot"), config=c,
+                            directory=directory, fingerprint="fp")
 
     straight, info = train(tmp_path / "a", 20)
     train(tmp_path / "b", 10)
@@ -147,9 +147,9 @@ def test_jit_step_driver_resumes_bitwise(tmp_path):
     with pytest.raises(ValueError, match="past `steps`"):
         train(tmp_path / "b", 10)
     with pytest.raises(ValueError, match="another training configuration"):
-        images.train_jit_step(key, images.make_unet("tiny", 8, True, 0), x, y,
-                              coupling=images._coupling("ot"), config=cfg,
-                              directory=tmp_path / "b", fingerprint="other")
+        images.train(key, images.make_unet("tiny", 8, True, 0), x, y,
+                     coupling=images._coupling("ot"), config=cfg, directory=tmp_path / "b",
+                     fingerprint="other")
 
 
 def test_configs_are_consistent():
@@ -158,5 +158,7 @@ def test_configs_are_consistent():
         assert images.NETS[cfg.net]
     with pytest.raises(ValueError, match="multiple of 10"):
         images._check_config(dataclasses.replace(TINY, n_eval=15))
-    with pytest.raises(ValueError, match="driver"):
-        images._check_config(dataclasses.replace(TINY, driver="scan"))
+    assert images.steps_per_call(TINY) == (1 if jax.default_backend() == "cpu"
+                                           else TINY.checkpoint_every)
+    with pytest.raises(ValueError, match="steps_per_call"):
+        images._check_config(dataclasses.replace(TINY, steps_per_call=-1))
