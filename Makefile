@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-strict lint venv clean bench docs peers bench-peers
+.PHONY: demo test test-slow test-strict lint venv clean bench docs peers bench-peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,18 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check fmjax experiments benchmarks tests
 
-# The test suite (strict numerics are on by default, see tests/conftest.py).
+# The test suite (strict numerics are on by default, see tests/conftest.py), without the
+# end-to-end runs of the experiments and notebooks (the slow tier, below).
 test: $(STAMP) lint
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 -m "not slow" tests
 
-# Same suite with jax_debug_nans=True as well.
+# The slow tier: tiny end-to-end runs of every experiment and notebook.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=10 -m slow tests
+
+# The suite of `make test` with jax_debug_nans=True as well.
 test-strict: $(STAMP)
-	$(PY) -m pytest -q -n 2 --debug-nans tests
+	$(PY) -m pytest -q -n 2 --debug-nans -m "not slow" tests
 
 # API reference (Sphinx autodoc of the docstrings) into docs/_build/html.
 docs: $(STAMP)

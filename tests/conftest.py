@@ -27,6 +27,17 @@ def pytest_configure(config):
         jax.config.update("jax_debug_nans", True)
 
 
+#: End-to-end runs of the experiments and notebooks (tiny configs, but each compiles and
+#: trains several models): the ``slow`` tier, ``make test-slow``.
+SLOW_FILES = ("test_exp_", "test_experiments.py", "test_notebook.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name.startswith(SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     import numpy as np
