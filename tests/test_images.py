@@ -214,6 +214,7 @@ def test_guidance_closed_form_and_w0_is_the_conditional_model():
                              guidance=0.0, steps=3)))
 
 
+@pytest.mark.slow
 def test_guidance_on_a_unet_matches_an_euler_loop():
     """fm.sample(labels=y, guidance=w) on a U-Net equals a hand-written Euler loop of
     (1 + w) v(t, x, y) - w v(t, x, null); w = 0 is the loop of v(t, x, y)."""
@@ -280,6 +281,7 @@ def _normal8(key, n):
     return jax.random.normal(key, (n, 8, 8, 1), jnp.float32)
 
 
+@pytest.mark.slow
 def test_tiny_conditional_fit_lowers_the_loss():
     """A conditional U-Net (label dropout 0.2, OT within classes) trained by fm.fit on the
     8 x 8 digits: the first loss is that of the zero velocity, E|x1 - x0|^2 = 64 + E|x1|^2
@@ -330,6 +332,7 @@ _TWO_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_device_conditional_fit_equals_one_device(tmp_path):
     """fm.fit of a conditional U-Net (labels, label dropout, OT within classes) on 2
     simulated CPU devices equals the 1-device run: the same batches, dropout draws and

@@ -59,6 +59,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """Two real processes joined by jax.distributed (gloo CPU collectives, loopback) train
     one model over a global mesh of 2 devices; the loss curve equals, within float32
