@@ -28,6 +28,7 @@ Notation. ``cross_cov`` is :math:`C = \mathrm{Cov}(X_1, X_0)`, the block the not
 
 from __future__ import annotations
 
+import abc
 import math
 
 import equinox as eqx
@@ -479,8 +480,9 @@ def dirac_log_density(t: ScalarLike, x: VectorLike, *, atoms: StackLike,
 class _ClosedFormVelocity(eqx.Module):
     """Shared interface: ``v(t, x)`` and ``log_density(t, x)`` on one point ``x``."""
 
-    def _eval(self, t, x):  # -> (log p_t(x), v_t(x)); defined by each subclass
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _eval(self, t, x):
+        """``(log p_t(x), v_t(x))``; defined by each subclass."""
 
     def __call__(self, t: ScalarLike, x: VectorLike) -> Vector:
         """:math:`v_t(x)` for a scalar ``t`` in ``[0, 1]`` and one point ``x`` of shape

@@ -38,6 +38,7 @@ A user-defined coupling is any callable ``(key, x0, x1) -> (x0, x1)``; subclass
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -404,8 +405,9 @@ class Coupling(eqx.Module):
     keeps_pairs: ClassVar[bool] = False
     check_finite: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def pair(self, key, x0, x1, labels):
-        raise NotImplementedError
+        """The coupled ``(x0, x1)`` of one batch (or of one class, given ``labels``)."""
 
     def __call__(self, key, x0, x1, labels=None):
         key = _checks.check_key(key)
