@@ -58,6 +58,8 @@ __all__ = [
     "random_spd",
     "sample_panel",
     "savefig",
+    "savez_atomic",
+    "write_text_atomic",
     "sigma_points",
     "to_jsonable",
     "write_outputs",
@@ -410,9 +412,18 @@ class GridConfig:
 GRID_FIELDS = tuple(f.name for f in dataclasses.fields(GridConfig))
 
 
-def fmt_pm(vals: Sequence[float], digits: int = 3) -> str:
-    """``mean ± std`` (sample std) of ``vals``, or the single value."""
+def fmt_pm(vals: Sequence[float], digits: int = 3, *, significant: bool = False) -> str:
+    """``mean ± std`` (sample std) of ``vals``, the single value, or "–" for none.
+
+    ``digits`` decimals for both, or with ``significant`` the mean to ``digits`` significant
+    digits and the spread to two (:func:`fmt`), for columns whose scale varies by row."""
     a = np.asarray(vals, np.float64)
+    if a.size == 0:
+        return "–"
+    if significant:
+        if a.size == 1:
+            return fmt(float(a[0]), digits)
+        return f"{fmt(float(a.mean()), digits)} ± {fmt(float(a.std(ddof=1)), 2)}"
     if a.size == 1:
         return f"{a[0]:.{digits}f}"
     return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
@@ -441,14 +452,31 @@ def _read_run(f: Path, fp: str) -> dict | None:
     return rec
 
 
+def savez_atomic(path: Path, **arrays: Any) -> None:
+    """``np.savez(path, **arrays)`` through a temporary file and a rename: a run killed while
+    writing leaves the previous file (or none), never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file and a rename (see
+    :func:`savez_atomic`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_run(f: Path, fp: str, record: dict, arrays: dict) -> None:
     """Store ``record`` (JSON) and ``arrays`` under fingerprint ``fp`` in ``f``, atomically:
     a killed run leaves no half-written file."""
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp.npz")
-    np.savez(tmp, fingerprint=fp, record=json.dumps(to_jsonable(record)),
-             **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, f)
+    savez_atomic(f, fingerprint=fp, record=json.dumps(to_jsonable(record)),
+                 **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 class RunStore:
@@ -515,9 +543,7 @@ class RunStore:
         if d.get("fingerprint") != self.fingerprint:
             d = {"fingerprint": self.fingerprint}
         d[task] = info
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(d, indent=1))
-        os.replace(tmp, f)
+        write_text_atomic(f, json.dumps(d, indent=1))
 
 
 

@@ -72,7 +72,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -218,12 +217,6 @@ def _train_fields(config: Config) -> dict:
 # --------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------
-def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def steps_per_call(config: Config) -> int:
     """Steps per compiled call of ``fm.fit``: ``config.steps_per_call``, or by default one on
     the CPU (a one-step chunk has no loop, and XLA:CPU runs a convolution's gradient 10-80x
@@ -247,7 +240,7 @@ def train(key: jax.Array, model: nnx.Module, x: np.ndarray, y: np.ndarray | None
         if old != fingerprint:
             raise ValueError(f"{directory / 'fit'} was written by another training "
                              f"configuration; use another --workdir or delete {directory}")
-    record.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    _common.write_text_atomic(record, json.dumps({"fingerprint": fingerprint}) + "\n")
     optimizer, name = _optimizer(config)
     model, hist = fm.fit(
         key, ImageNormal(tuple(x.shape[1:])), x, labels=y,
@@ -342,7 +335,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, config: Config, path: Path
             carry, loss = step(carry, jnp.int32(k))
         params = carry[0]
         final_loss = float(loss) if config.classifier_steps else float("nan")
-    _save_npz(path, meta=np.array(json.dumps(meta)),
+    _common.savez_atomic(path, meta=np.array(json.dumps(meta)),
               **{f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
     return nnx.merge(graphdef, params), dict(meta, cached=False, seconds=tm.seconds,
                                              final_loss=final_loss)
@@ -500,8 +493,8 @@ def run_net(name: str, conditional: bool, coupling: str, config: Config, data, j
                loss_curve=loss[:: max(1, len(loss) // 200)].tolist())
     ev, arrays = evaluate(model, conditional, x0, judge, config)
     res.update(ev)
-    _save_npz(directory / "eval.npz", **arrays)
-    stored.write_text(json.dumps(_common.to_jsonable(res), indent=1) + "\n")
+    _common.savez_atomic(directory / "eval.npz", **arrays)
+    _common.write_text_atomic(stored, json.dumps(_common.to_jsonable(res), indent=1) + "\n")
     return json.loads(stored.read_text()), arrays
 
 

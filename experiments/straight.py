@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 
@@ -244,10 +243,7 @@ def _sinkhorn_bank(task: Task, n: int, config: Config, key, ckpt: Path | None):
             x0s.append(np.asarray(a))
             x1s.append(np.asarray(c))
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, x0=np.stack(x0s), x1=np.stack(x1s))
-                os.replace(tmp, path)
+                _common.savez_atomic(path, x0=np.stack(x0s), x1=np.stack(x1s))
     return np.concatenate(x0s), np.concatenate(x1s), tm.seconds
 
 

@@ -851,15 +851,6 @@ def best_published_fm(dim: int) -> tuple[float, str] | None:
     return min(found) if found else None
 
 
-def _pm(vals: list[float], digits: int = 3) -> str:
-    a = np.asarray(vals, np.float64)
-    if a.size == 0:
-        return "–"
-    if a.size == 1:
-        return _common.fmt(float(a[0]), digits)
-    return f"{_common.fmt(float(a.mean()), digits)} ± {_common.fmt(float(a.std(ddof=1)), 2)}"
-
-
 def summarize(config: Config, results: dict) -> dict:
     """Per (D, method): the mean over seeds of every score, and per D the time and target."""
     out: dict[str, Any] = {}
@@ -907,11 +898,12 @@ def report(config: Config, workdir: Path, results: dict) -> None:
             pub = None if row is None else _published("kornilov2024", row, dim)
             rows.append([
                 str(dim), METHODS[method].label, str(len(rs)),
-                _pm([r["l2_uvp"] for r in rs]), _pm([r["cosine"] for r in rs]),
-                _pm([r["l2_uvp_euler"] for r in rs]), _pm([r["straightness"] for r in rs]),
-                _pm([r["nfe"] for r in rs], 2),
+                *(_common.fmt_pm([r[k] for r in rs], significant=True)
+                  for k in ("l2_uvp", "cosine", "l2_uvp_euler", "straightness")),
+                _common.fmt_pm([r["nfe"] for r in rs], 2, significant=True),
                 f"{pub:g} ({row}, KMGK24)" if pub is not None else "–",
-                _pm([r["train_seconds"] + r["eval_seconds"] for r in rs], 3)])
+                _common.fmt_pm([r["train_seconds"] + r["eval_seconds"] for r in rs], 3,
+                               significant=True)])
     table = _common.markdown_table(
         ["D", "map", "seeds", f"L2-UVP % (Tsit5; ± s.e., n={config.n_eval:,})", "cos",
          f"L2-UVP % ({config.euler_steps} Euler)", "S", "NFE (Tsit5)",

@@ -57,6 +57,28 @@ def test_markdown_table_and_json():
         {"x": 1.5, "y": [0, 1], "z": [1, 2]}
 
 
+def test_fmt_pm_against_numpy_mean_and_sample_std():
+    vals = [0.0123, 0.0151, 0.0098]
+    mean, std = np.mean(vals), np.std(vals, ddof=1)
+    assert _common.fmt_pm(vals, 4) == f"{mean:.4f} ± {std:.4f}"
+    # significant digits: the mean to 3, the spread to 2 (fmt), whatever the scale
+    assert _common.fmt_pm(vals, significant=True) == \
+        f"{_common.fmt(mean)} ± {_common.fmt(std, 2)}" == "0.0124 ± 0.0027"
+    assert _common.fmt_pm([2.5], 2) == "2.50" and _common.fmt_pm([], 2) == "–"
+
+
+def test_atomic_writers_replace_whole_files_and_leave_no_temporary(tmp_path):
+    f = tmp_path / "sub" / "run.npz"
+    _common.savez_atomic(f, a=np.arange(3))
+    _common.savez_atomic(f, a=np.arange(5), b=np.ones(2))
+    with np.load(f) as z:
+        assert sorted(z.files) == ["a", "b"] and z["a"].tolist() == list(range(5))
+    t = tmp_path / "sub" / "x.json"
+    _common.write_text_atomic(t, '{"k": 1}\n')
+    assert json.loads(t.read_text()) == {"k": 1}
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["run.npz", "x.json"]
+
+
 # --------------------------------------------------------------------------------------
 # exercises
 # --------------------------------------------------------------------------------------
