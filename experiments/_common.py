@@ -59,10 +59,10 @@ __all__ = [
     "sample_panel",
     "savefig",
     "savez_atomic",
-    "write_text_atomic",
     "sigma_points",
     "to_jsonable",
     "write_outputs",
+    "write_text_atomic",
 ]
 
 
