@@ -50,9 +50,9 @@ Protocol of the full CPU run (the defaults): MNIST-5k (4,000 training, 1,000 hel
 images, 28 x 28 in [-1, 1]); the ``mnist_cpu`` U-Net (the ``mnist`` preset at half width:
 widths 8, 16, 16 at 28, 14, 7 pixels, one residual block per level, attention at 7 x 7 and
 in the middle; 71,033 parameters unconditional); 4,000 steps of batch 64 per net, Adam 1e-3
-with 200 warm-up steps and gradient clipping at 1, EMA 0.999, label dropout 0.2; classifier 2,000 steps; 500
-samples per evaluation (50 per class), Euler with 100 steps, guidance w in {0, 0.5, 1, 2, 4},
-NFE sweep of 2 to 100 Euler steps. Its cost on the 2-core CPU is written into results.md.
+with 200 warm-up steps and gradient clipping at 1, EMA 0.999, label dropout 0.2; classifier
+2,000 steps; 500 samples per evaluation (50 per class), Euler with 100 steps, guidance w in
+{0, 0.5, 1, 2, 4}, NFE sweep of 2 to 100 Euler steps. Its cost on the 2-core CPU is written into results.md.
 
     python -m experiments.images --quick                    # 8 x 8 digits, a few minutes
     python -m experiments.images --workdir runs/images      # the full CPU run (MNIST-5k)
