@@ -52,7 +52,8 @@ widths 8, 16, 16 at 28, 14, 7 pixels, one residual block per level, attention at
 in the middle; 71,033 parameters unconditional); 4,000 steps of batch 64 per net, Adam 1e-3
 with 200 warm-up steps and gradient clipping at 1, EMA 0.999, label dropout 0.2; classifier
 2,000 steps; 500 samples per evaluation (50 per class), Euler with 100 steps, guidance w in
-{0, 0.5, 1, 2, 4}, NFE sweep of 2 to 100 Euler steps. Its cost on the 2-core CPU is written into results.md.
+{0, 0.5, 1, 2, 4}, NFE sweep of 2 to 100 Euler steps. Its cost on the 2-core CPU is written
+into results.md.
 
     python -m experiments.images --quick                    # 8 x 8 digits, a few minutes
     python -m experiments.images --workdir runs/images      # the full CPU run (MNIST-5k)
@@ -336,7 +337,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, config: Config, path: Path
         params = carry[0]
         final_loss = float(loss) if config.classifier_steps else float("nan")
     _common.savez_atomic(path, meta=np.array(json.dumps(meta)),
-                         **{f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(params))})
+                         **{f"leaf{i}": np.asarray(a)
+                            for i, a in enumerate(jax.tree.leaves(params))})
     return nnx.merge(graphdef, params), dict(meta, cached=False, seconds=tm.seconds,
                                              final_loss=final_loss)
 
