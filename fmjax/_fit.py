@@ -420,10 +420,12 @@ class _Checkpoints:
             self.run.mesh)
         return (state, np.zeros((0,), np.float32)) if got is None else got
 
-    def after_chunk(self, state, losses: np.ndarray, step: int, stop: bool) -> None:
+    def after_chunk(self, state, losses: Callable[[], np.ndarray], step: int,
+                    stop: bool) -> None:
+        """Save at a checkpoint step; ``losses()`` (the whole curve) is built only then."""
         if self.mgr is not None and (step % self.cfg.checkpoint_every == 0
                                      or step == self.cfg.steps or stop):
-            _checkpoint.save(self.mgr, state, self.run.fingerprint, losses)
+            _checkpoint.save(self.mgr, state, self.run.fingerprint, losses())
 
     def close(self) -> None:
         if self.mgr is not None:
@@ -597,7 +599,7 @@ def fit(key: jax.Array, sample_x0: Any, sample_x1: Any, *, path: AffinePath | No
                 tic = time.perf_counter()
                 state, loss = run.chunk(state, schedule, i, pipe)
                 rec.add(first, loss, time.perf_counter() - tic)
-                ckpt.after_chunk(state, rec.curve, first + n, sigterm.is_set())
+                ckpt.after_chunk(state, lambda: rec.curve, first + n, sigterm.is_set())
                 if sigterm.is_set():
                     raise Preempted(first + n)
     finally:
